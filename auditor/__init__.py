@@ -1,0 +1,3 @@
+"""Hierarchy-aware auditing of image-classification datasets."""
+
+__version__ = "0.1.0"

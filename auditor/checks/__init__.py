@@ -1,0 +1,15 @@
+"""Checks: one plugin per issue kind, inputs in, findings out. See `base.py` for the interface."""
+
+from auditor.checks.base import (
+    REGISTRY,
+    Check,
+    CheckInputs,
+    FindingDraft,
+    checks_for_stage,
+    register,
+)
+
+# Importing the plugin modules registers them.
+from auditor.checks import ingest_checks  # noqa: E402,F401  isort: skip
+
+__all__ = ["REGISTRY", "Check", "CheckInputs", "FindingDraft", "checks_for_stage", "register"]

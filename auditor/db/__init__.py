@@ -1,0 +1,1 @@
+"""The SQL store: typed models and engine/session helpers."""

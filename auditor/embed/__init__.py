@@ -1,0 +1,1 @@
+"""Embed: CNN backbones with layer taps, batched extraction and the on-disk feature cache."""

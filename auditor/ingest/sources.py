@@ -1,0 +1,387 @@
+"""Where images come from: an ImageFolder tree, a CSV/JSONL manifest, or a zip/tar archive.
+
+A source lists entries (path as given, label, split, vendor, batch) and reads the bytes of one path.
+Every path is checked against the source root before it is opened: absolute paths, `..` escapes and
+symlinks pointing outside the root are refused, never followed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import posixpath
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+ARCHIVE_MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl", "labels.csv", "labels.jsonl")
+IGNORED_NAMES = {"Thumbs.db", "desktop.ini"}
+
+
+class SourceError(ValueError):
+    """The source as a whole cannot be read (not found, unsupported, malformed manifest)."""
+
+
+class PathRefused(Exception):
+    """A path that must not be opened because it leaves the source root."""
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    path: str
+    label: str | None = None
+    split: str | None = None
+    vendor: str | None = None
+    batch: str | None = None
+    row: int | None = None
+
+
+def normalise_member_path(path: str) -> str:
+    """Return a clean relative POSIX path, or raise PathRefused for absolute or escaping paths."""
+    if not path or "\x00" in path:
+        raise PathRefused("empty path or NUL byte in path")
+    posix = path.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+        raise PathRefused("absolute path is not allowed")
+    clean = posixpath.normpath(posix)
+    if clean == ".." or clean.startswith("../"):
+        raise PathRefused("path escapes the dataset root")
+    return clean
+
+
+class Source:
+    kind: str = ""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def entries(self) -> Iterator[SourceEntry]:
+        raise NotImplementedError
+
+    def stamp(self, path: str) -> str | None:
+        """A cheap fingerprint (size and mtime or CRC); None if the file is not there."""
+        raise NotImplementedError
+
+    def read_bytes(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def size(self, path: str) -> int:
+        raise NotImplementedError
+
+
+class DirectorySource(Source):
+    """Files under a root directory; the base of the folder and manifest sources."""
+
+    def __init__(self, uri: str, root: Path) -> None:
+        super().__init__(uri)
+        self.root = root.resolve()
+
+    def resolve(self, path: str) -> Path:
+        relative = normalise_member_path(path)
+        target = self.root / relative
+        real = Path(os.path.realpath(target))
+        if real != self.root and self.root not in real.parents:
+            raise PathRefused("symlink points outside the dataset root")
+        return target
+
+    def stamp(self, path: str) -> str | None:
+        try:
+            st = self.resolve(path).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def size(self, path: str) -> int:
+        return self.resolve(path).stat().st_size
+
+    def read_bytes(self, path: str) -> bytes:
+        target = self.resolve(path)
+        if not target.is_file():
+            raise FileNotFoundError(path)
+        return target.read_bytes()
+
+
+class FolderSource(DirectorySource):
+    """ImageFolder layout: `root/<class>/.../<image>`; the first directory level is the label."""
+
+    kind = "folder"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(str(root), root)
+
+    def entries(self) -> Iterator[SourceEntry]:
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            relative_dir = Path(dirpath).relative_to(self.root)
+            if relative_dir == Path("."):
+                # Symlinked class folders are listed as entries so they are refused or read, not lost.
+                for name in dirnames:
+                    if (Path(dirpath) / name).is_symlink():
+                        yield SourceEntry(path=name, label=name)
+                continue
+            label = relative_dir.parts[0]
+            for name in sorted(filenames):
+                if name.startswith(".") or name in IGNORED_NAMES:
+                    continue
+                yield SourceEntry(path=(relative_dir / name).as_posix(), label=label)
+            for name in dirnames:
+                if (Path(dirpath) / name).is_symlink():
+                    yield SourceEntry(path=(relative_dir / name).as_posix(), label=label)
+
+
+def read_manifest_rows(text: str, suffix: str, where: str) -> Iterator[SourceEntry]:
+    """Rows of a CSV (header required) or JSONL manifest; `path` and `label` columns."""
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{where}: line {number} is not JSON: {exc.msg}") from exc
+            if not isinstance(row, dict):
+                raise SourceError(f"{where}: line {number} is not a JSON object")
+            yield manifest_entry(row, number, where)
+        return
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None or "path" not in [f.strip() for f in reader.fieldnames]:
+        raise SourceError(f"{where}: a CSV manifest needs a header with a 'path' column")
+    for number, row in enumerate(reader, start=2):
+        yield manifest_entry({(k or "").strip(): v for k, v in row.items()}, number, where)
+
+
+def manifest_entry(row: dict, number: int, where: str) -> SourceEntry:
+    def field(name: str) -> str | None:
+        value = row.get(name)
+        if value is None:
+            return None
+        value = str(value).strip()
+        return value or None
+
+    path = field("path") or field("image")
+    if path is None:
+        raise SourceError(f"{where}: row {number} has no path")
+    return SourceEntry(
+        path=path,
+        label=field("label"),
+        split=field("split"),
+        vendor=field("vendor"),
+        batch=field("batch"),
+        row=number,
+    )
+
+
+class ManifestSource(DirectorySource):
+    """A CSV or JSONL manifest; paths are relative to the manifest's folder."""
+
+    kind = "manifest"
+
+    def __init__(self, manifest: Path) -> None:
+        super().__init__(str(manifest), manifest.parent)
+        self.manifest = manifest
+
+    def entries(self) -> Iterator[SourceEntry]:
+        text = self.manifest.read_text(encoding="utf-8-sig")
+        yield from read_manifest_rows(text, self.manifest.suffix.lower(), self.manifest.name)
+
+
+class ArchiveSource(Source):
+    """A zip or tar read in place: ImageFolder layout inside, or a manifest at its top level."""
+
+    def __init__(self, archive: Path) -> None:
+        super().__init__(str(archive))
+        self.archive = archive
+        self._handle = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None}
+
+    def members(self) -> dict[str, tuple[int, str]]:
+        """Regular-file members by clean path: (size, stamp)."""
+        raise NotImplementedError
+
+    def raw_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def read_member(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    def entries(self) -> Iterator[SourceEntry]:
+        names = self.raw_names()
+        manifest = next((n for n in ARCHIVE_MANIFEST_NAMES if n in names), None)
+        if manifest:
+            text = self.read_member(manifest).decode("utf-8-sig")
+            yield from read_manifest_rows(
+                text, Path(manifest).suffix, f"{self.archive.name}:{manifest}"
+            )
+            return
+        for name in names:
+            base = posixpath.basename(name)
+            if not base or base.startswith(".") or base in IGNORED_NAMES or name.endswith("/"):
+                continue
+            try:
+                clean = normalise_member_path(name)
+            except PathRefused:
+                yield SourceEntry(path=name)
+                continue
+            parts = clean.split("/")
+            yield SourceEntry(path=name, label=parts[0] if len(parts) > 1 else None)
+
+    def links(self) -> set[str]:
+        """Members that are symbolic or hard links; they are refused, never followed."""
+        return set()
+
+    def _lookup(self, path: str) -> tuple[int, str]:
+        clean = normalise_member_path(path)
+        if clean in self.links():
+            raise PathRefused("links inside archives are not followed")
+        members = self.members()
+        if clean not in members:
+            raise FileNotFoundError(path)
+        return members[clean]
+
+    def stamp(self, path: str) -> str | None:
+        try:
+            return self._lookup(path)[1]
+        except FileNotFoundError:
+            return None
+
+    def size(self, path: str) -> int:
+        return self._lookup(path)[0]
+
+
+class ZipSource(ArchiveSource):
+    kind = "zip"
+
+    def _zip(self) -> zipfile.ZipFile:
+        if self._handle is None:
+            self._handle = zipfile.ZipFile(self.archive)
+            self._members = {}
+            for info in self._handle.infolist():
+                if info.is_dir():
+                    continue
+                try:
+                    clean = normalise_member_path(info.filename)
+                except PathRefused:
+                    continue
+                self._members[clean] = (info.file_size, f"{info.file_size}:{info.CRC:08x}", info)
+        return self._handle
+
+    def raw_names(self) -> list[str]:
+        return [i.filename for i in self._zip().infolist() if not i.is_dir()]
+
+    def members(self) -> dict[str, tuple[int, str]]:
+        self._zip()
+        return {k: (v[0], v[1]) for k, v in self._members.items()}
+
+    def read_member(self, name: str) -> bytes:
+        return self._zip().read(name)
+
+    def read_bytes(self, path: str) -> bytes:
+        handle = self._zip()
+        clean = normalise_member_path(path)
+        if clean not in self._members:
+            raise FileNotFoundError(path)
+        return handle.read(self._members[clean][2])
+
+
+class TarSource(ArchiveSource):
+    kind = "tar"
+
+    def _tar(self) -> tarfile.TarFile:
+        if self._handle is None:
+            self._handle = tarfile.open(self.archive)  # noqa: SIM115 - open for the source lifetime
+            self._members = {}
+            self._links: set[str] = set()
+            for info in self._handle.getmembers():
+                try:
+                    clean = normalise_member_path(info.name)
+                except PathRefused:
+                    continue
+                if info.issym() or info.islnk():
+                    self._links.add(clean)
+                elif info.isfile():
+                    self._members[clean] = (info.size, f"{info.size}:{info.mtime}", info)
+        return self._handle
+
+    def raw_names(self) -> list[str]:
+        return [i.name for i in self._tar().getmembers() if i.isfile() or i.issym() or i.islnk()]
+
+    def links(self) -> set[str]:
+        self._tar()
+        return self._links
+
+    def members(self) -> dict[str, tuple[int, str]]:
+        self._tar()
+        return {k: (v[0], v[1]) for k, v in self._members.items()}
+
+    def read_member(self, name: str) -> bytes:
+        member = self._tar().getmember(name)
+        extracted = self._tar().extractfile(member)
+        if extracted is None or not member.isfile():
+            raise FileNotFoundError(name)
+        return extracted.read()
+
+    def read_bytes(self, path: str) -> bytes:
+        handle = self._tar()
+        clean = normalise_member_path(path)
+        if clean in self.links():
+            raise PathRefused("links inside archives are not followed")
+        if clean not in self._members:
+            raise FileNotFoundError(path)
+        extracted = handle.extractfile(self._members[clean][2])
+        assert extracted is not None
+        return extracted.read()
+
+
+def open_source(uri: str | Path) -> Source:
+    """Pick the source type from what the path is."""
+    path = Path(uri)
+    if not path.exists():
+        raise SourceError(f"source not found: {path}")
+    if path.is_dir():
+        return FolderSource(path)
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        return ZipSource(path)
+    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return TarSource(path)
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return ManifestSource(path)
+    raise SourceError(
+        f"unsupported source {path}: expected a folder, a .csv/.jsonl manifest, or a .zip/.tar archive"
+    )
+
+
+def apply_labels_file(entries: Iterator[SourceEntry], labels_file: Path) -> Iterator[SourceEntry]:
+    """Override labels (and vendor, batch, split when given) from a `path,label` CSV or JSONL."""
+    if not labels_file.is_file():
+        raise SourceError(f"labels file not found: {labels_file}")
+    text = labels_file.read_text(encoding="utf-8-sig")
+    overrides = {}
+    for row in read_manifest_rows(text, labels_file.suffix.lower(), labels_file.name):
+        try:
+            overrides[normalise_member_path(row.path)] = row
+        except PathRefused:
+            continue
+    for entry in entries:
+        try:
+            key = normalise_member_path(entry.path)
+        except PathRefused:
+            yield entry
+            continue
+        row = overrides.get(key)
+        if row is None:
+            yield replace(entry, label=None)
+            continue
+        yield replace(
+            entry,
+            label=row.label,
+            split=row.split or entry.split,
+            vendor=row.vendor or entry.vendor,
+            batch=row.batch or entry.batch,
+        )

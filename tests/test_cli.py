@@ -1,0 +1,59 @@
+"""The CLI contracts of DESIGN §5, run as a user runs them: a subprocess on a fresh SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.corpus import encode, noise_image
+
+
+def auditor(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "AUDITOR_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "AUDITOR_DATA_DIR": str(tmp_path / "data"),
+        "AUDITOR_WORKERS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "auditor", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+
+
+def test_dataset_add_json_contract_and_errors(tmp_path):
+    root = tmp_path / "pets"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            (root / label / f"{i}.png").write_bytes(encode(noise_image(i + 10 * ("cat", "dog").index(label)), "PNG"))
+    (root / "dog" / "dup.png").write_bytes((root / "cat" / "0.png").read_bytes())
+
+    done = auditor(tmp_path, "dataset", "add", "pets", str(root), "--json")
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout.strip().splitlines()[-1])
+    assert payload == {"dataset_id": 1, "images": 5, "findings": {"exact_duplicate": 1}}
+
+    missing = auditor(tmp_path, "dataset", "add", "other", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert "source not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_db_upgrade(tmp_path):
+    done = auditor(tmp_path, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cli.db").stat().st_size > 0
+
+
+def test_demo_reports_planted_problems(tmp_path):
+    done = auditor(tmp_path, "demo", "--per-class", "8")
+    assert done.returncode == 0, done.stderr
+    assert "exact duplicates │       5 │     5" in done.stderr
+    assert "unreadable files │       1 │     1" in done.stderr

@@ -1,0 +1,255 @@
+"""Ingest on real SQLite and PostgreSQL: every file accounted for, incremental re-adds, sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from auditor.config import Settings
+from auditor.db.models import Class, Finding, FindingImage, Image, Label
+from auditor.ingest.ingest import ingest
+from auditor.ingest.sources import SourceError
+from tests.corpus import EXPECTED, encode, noise_image, write_hostile_corpus
+
+SETTINGS = Settings(workers=1)
+
+
+def findings_by_image(session, dataset_id: int) -> dict[int, list[Finding]]:
+    rows = session.execute(
+        select(FindingImage.image_id, Finding)
+        .join(Finding, Finding.id == FindingImage.finding_id)
+        .where(Finding.dataset_id == dataset_id)
+    )
+    found: dict[int, list[Finding]] = {}
+    for image_id, finding in rows:
+        found.setdefault(image_id, []).append(finding)
+    return found
+
+
+def reason_text(finding: Finding) -> str:
+    evidence = finding.evidence
+    return " ".join([str(evidence.get("reason", "")), *evidence.get("problems", [])])
+
+
+def test_hostile_corpus_every_file_accounted_for(session_factory, tmp_path):
+    root = write_hostile_corpus(tmp_path / "data", tmp_path / "outside")
+    result = ingest(session_factory, "hostile", root, Settings(workers=2, max_image_pixels=10**8))
+
+    assert result.images == len(EXPECTED)
+    with session_factory() as session:
+        images = {
+            img.path: img
+            for img in session.scalars(select(Image).where(Image.dataset_id == result.dataset_id))
+        }
+        findings = findings_by_image(session, result.dataset_id)
+        assert set(images) == set(EXPECTED)
+        for path, expected in EXPECTED.items():
+            image = images[path]
+            kinds = {f.kind for f in findings.get(image.id, [])}
+            if expected == "ok":
+                assert image.status == "ok", (path, image.error)
+                assert not kinds & {"unreadable", "image_quality"}, path
+                assert image.sha256 and image.phash and image.width > 0
+                continue
+            kind, fragment = expected
+            assert kind in kinds, (path, kinds, image.error)
+            if kind in ("unreadable", "image_quality"):
+                (finding,) = [f for f in findings[image.id] if f.kind == kind]
+                assert fragment.lower() in reason_text(finding).lower(), (path, finding.evidence)
+
+        assert images["dog/rotated.jpg"].width == 20 and images["dog/rotated.jpg"].height == 40
+        assert images["dog/cmyk.jpg"].mode == "CMYK"
+        assert images["dog/animated.gif"].stats["frames"] == 2
+        assert images["cat/bomb.png"].width is None, "a bomb must never be decoded"
+        duplicate = next(
+            f for f in findings[images["cat/ok_0.png"].id] if f.kind == "exact_duplicate"
+        )
+        assert sorted(duplicate.evidence["paths"]) == ["cat/ok_0.png", "dog/copy of ok_0.png"]
+        assert duplicate.evidence["labels_differ"] is True
+        assert result.findings["unreadable"] == 8
+
+
+def test_readd_is_incremental_and_labels_keep_history(session_factory, tmp_path):
+    root = tmp_path / "data"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            (root / label / f"{i}.png").write_bytes(
+                encode(noise_image(hash((label, i)) % 1000), "PNG")
+            )
+    first = ingest(session_factory, "pets", root, SETTINGS)
+    assert (first.images, first.decoded, first.skipped_unchanged) == (6, 6, 0)
+
+    again = ingest(session_factory, "pets", root, SETTINGS)
+    assert (again.images, again.decoded, again.skipped_unchanged) == (6, 0, 6)
+
+    (root / "cat" / "3.png").write_bytes(encode(noise_image(500), "PNG"))
+    (root / "cat" / "0.png").write_bytes(encode(noise_image(501), "PNG"))
+    third = ingest(session_factory, "pets", root, SETTINGS)
+    assert (third.images, third.decoded, third.skipped_unchanged) == (7, 2, 5)
+
+    manifest = tmp_path / "labels.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for label in ("cat", "dog"):
+            for i in range(3):
+                writer.writerow([f"{label}/{i}.png", "dog" if (label, i) == ("cat", 1) else label])
+        writer.writerow(["cat/3.png", "cat"])
+    fourth = ingest(session_factory, "pets", root, SETTINGS, labels_file=manifest)
+    assert fourth.decoded == 0
+    with session_factory() as session:
+        image = session.scalar(
+            select(Image).where(Image.path == "cat/1.png", Image.dataset_id == first.dataset_id)
+        )
+        history = session.execute(
+            select(Class.name, Label.is_current)
+            .join(Class)
+            .where(Label.image_id == image.id)
+            .order_by(Label.id)
+        ).all()
+        assert history == [("cat", False), ("dog", True)]
+        assert (
+            session.scalar(select(func.count(Image.id)).where(Image.dataset_id == first.dataset_id))
+            == 7
+        )
+        assert (
+            session.scalar(
+                select(func.count(Label.id)).join(Image).where(Image.dataset_id == first.dataset_id)
+            )
+            == 8
+        )
+
+
+def test_manifest_rows_missing_escaping_duplicate_and_unknown(session_factory, tmp_path):
+    data = tmp_path / "set"
+    (data / "img").mkdir(parents=True)
+    for i in range(3):
+        (data / "img" / f"{i}.png").write_bytes(encode(noise_image(20 + i), "PNG"))
+    (tmp_path / "outside.png").write_bytes(encode(noise_image(30), "PNG"))
+    rows = [
+        {"path": "img/0.png", "label": "cat", "split": "train", "vendor": "acme", "batch": "b1"},
+        {"path": "img/0.png", "label": "cat", "split": "train", "vendor": "acme", "batch": "b1"},
+        {"path": "img/1.png", "label": "dog", "split": "test"},
+        {"path": "img/1.png", "label": "cat", "split": "test"},
+        {"path": "img/2.png", "label": "zebra"},
+        {"path": "img/missing.png", "label": "cat"},
+        {"path": "../outside.png", "label": "cat"},
+        {"path": "/etc/passwd", "label": "cat"},
+    ]
+    manifest = data / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+
+    result = ingest(session_factory, "manifest", manifest, SETTINGS, classes_file=classes)
+
+    assert result.duplicate_rows == 2
+    with session_factory() as session:
+        images = {
+            i.path: i
+            for i in session.scalars(select(Image).where(Image.dataset_id == result.dataset_id))
+        }
+        findings = findings_by_image(session, result.dataset_id)
+        assert set(images) == {
+            "img/0.png",
+            "img/1.png",
+            "img/2.png",
+            "img/missing.png",
+            "../outside.png",
+            "/etc/passwd",
+        }
+        assert images["img/missing.png"].status == "missing"
+        assert images["../outside.png"].status == "refused"
+        assert images["/etc/passwd"].status == "refused"
+        assert images["img/0.png"].split == "train"
+        kinds = {path: {f.kind for f in findings.get(img.id, [])} for path, img in images.items()}
+        assert kinds["img/1.png"] == {"invalid_label"}
+        assert kinds["img/2.png"] == {"invalid_label"}
+        assert kinds["img/0.png"] == set()
+        assert {"unreadable"} <= kinds["img/missing.png"]
+        zebra = session.scalar(
+            select(Class).where(Class.dataset_id == result.dataset_id, Class.name == "zebra")
+        )
+        assert zebra is not None and zebra.in_taxonomy is False
+        acme_label = session.scalar(select(Label).where(Label.image_id == images["img/0.png"].id))
+        assert acme_label.source == "acme" and acme_label.batch_id is not None
+
+
+def make_archive_members(tmp_path: Path) -> dict[str, bytes]:
+    return {
+        "cat/a.png": encode(noise_image(40), "PNG"),
+        "dog/b.png": encode(noise_image(41), "PNG"),
+        "dog/c.png": b"not an image",
+    }
+
+
+def test_zip_read_in_place_and_zip_slip_refused(session_factory, tmp_path):
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name, data in make_archive_members(tmp_path).items():
+            handle.writestr(name, data)
+        handle.writestr("../evil.png", encode(noise_image(42), "PNG"))
+    result = ingest(session_factory, "zipped", archive, Settings(workers=2))
+    with session_factory() as session:
+        images = {
+            i.path: i
+            for i in session.scalars(select(Image).where(Image.dataset_id == result.dataset_id))
+        }
+    assert images["cat/a.png"].status == "ok" and images["dog/b.png"].status == "ok"
+    assert images["dog/c.png"].status == "unreadable"
+    assert images["../evil.png"].status == "refused"
+    assert result.findings == {"unreadable": 2}
+    again = ingest(session_factory, "zipped", archive, Settings(workers=1))
+    assert again.decoded == 0
+
+
+def test_tar_with_labels_file_and_link_member(session_factory, tmp_path):
+    archive = tmp_path / "set.tar"
+    with tarfile.open(archive, "w") as handle:
+        for name, data in make_archive_members(tmp_path).items():
+            path = tmp_path / "member"
+            path.write_bytes(data)
+            handle.add(path, arcname=name)
+        link = tarfile.TarInfo("dog/link.png")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        handle.addfile(link)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\ncat/a.png,tabby\ndog/b.png,husky\n")
+    result = ingest(session_factory, "tarred", archive, SETTINGS, labels_file=labels)
+    with session_factory() as session:
+        images = {
+            i.path: i
+            for i in session.scalars(select(Image).where(Image.dataset_id == result.dataset_id))
+        }
+        names = set(
+            session.scalars(select(Class.name).where(Class.dataset_id == result.dataset_id))
+        )
+    assert images["dog/link.png"].status == "refused"
+    assert names == {"tabby", "husky"}
+
+
+def test_one_class_dataset_and_empty_folder(session_factory, tmp_path):
+    only = tmp_path / "only" / "cat"
+    only.mkdir(parents=True)
+    for i in range(2):
+        (only / f"{i}.png").write_bytes(encode(noise_image(60 + i), "PNG"))
+    result = ingest(session_factory, "single", tmp_path / "only", SETTINGS)
+    assert result.images == 2 and result.findings == {}
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no images found"):
+        ingest(session_factory, "empty", tmp_path / "empty", SETTINGS)
+    with pytest.raises(SourceError, match="source not found"):
+        ingest(session_factory, "nowhere", tmp_path / "nowhere", SETTINGS)
+    bad_manifest = tmp_path / "bad.csv"
+    bad_manifest.write_text("file,label\na.png,cat\n")
+    with pytest.raises(SourceError, match="'path' column"):
+        ingest(session_factory, "bad", bad_manifest, SETTINGS)

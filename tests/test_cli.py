@@ -32,7 +32,9 @@ def test_dataset_add_json_contract_and_errors(tmp_path):
     for label in ("cat", "dog"):
         (root / label).mkdir(parents=True)
         for i in range(2):
-            (root / label / f"{i}.png").write_bytes(encode(noise_image(i + 10 * ("cat", "dog").index(label)), "PNG"))
+            (root / label / f"{i}.png").write_bytes(
+                encode(noise_image(i + 10 * ("cat", "dog").index(label)), "PNG")
+            )
     (root / "dog" / "dup.png").write_bytes((root / "cat" / "0.png").read_bytes())
 
     done = auditor(tmp_path, "dataset", "add", "pets", str(root), "--json")

@@ -7,9 +7,18 @@ from auditor.checks.base import (
     FindingDraft,
     checks_for_stage,
     register,
+    run_checks,
 )
 
 # Importing the plugin modules registers them.
-from auditor.checks import ingest_checks  # noqa: E402,F401  isort: skip
+from auditor.checks import ambiguous, duplicates, ingest_checks, mislabel, outlier  # noqa: E402,F401  isort: skip
 
-__all__ = ["REGISTRY", "Check", "CheckInputs", "FindingDraft", "checks_for_stage", "register"]
+__all__ = [
+    "REGISTRY",
+    "Check",
+    "CheckInputs",
+    "FindingDraft",
+    "checks_for_stage",
+    "register",
+    "run_checks",
+]

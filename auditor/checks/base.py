@@ -36,15 +36,32 @@ class ImageTable:
 
 @dataclass
 class CheckInputs:
+    """What checks read. The model outputs (`features`, `probabilities`, `knn`) describe only the
+    usable images: row j of each array is image position `rows[j]` in `images`, and `labels[j]` is
+    its given label as an index into `class_names` (-1 when it has none)."""
+
     dataset_id: int
     images: ImageTable
     class_names: list[str] = field(default_factory=list)
     taxonomy: set[str] | None = None
-    features: dict[str, np.ndarray] | None = None
+    rows: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    features: np.ndarray | None = None
+    layer_features: dict[str, np.ndarray] | None = None
     probabilities: np.ndarray | None = None
     knn: Any = None
     hierarchy: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def image_id(self, row: int) -> int:
+        return int(self.images.ids[self.rows[row]])
+
+    def path(self, row: int) -> str:
+        return self.images.paths[self.rows[row]]
+
+    def label_name(self, row: int) -> str | None:
+        index = int(self.labels[row])
+        return self.class_names[index] if index >= 0 else None
 
 
 @dataclass
@@ -90,3 +107,17 @@ def checks_for_stage(stage: str, settings: dict[str, dict[str, Any]] | None = No
     """Instances of the registered checks of one stage, with per-kind settings applied."""
     settings = settings or {}
     return [c(**settings.get(c.kind, {})) for c in REGISTRY.values() if c.stage == stage]
+
+
+def run_checks(
+    inputs: CheckInputs, stage: str, settings: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[FindingDraft], list[str]]:
+    """Every check of `stage` whose required inputs are present; returns drafts and kinds run."""
+    drafts: list[FindingDraft] = []
+    kinds = []
+    for check in checks_for_stage(stage, settings):
+        if any(getattr(inputs, name) is None for name in check.requires):
+            continue
+        drafts.extend(check.run(inputs))
+        kinds.append(check.kind)
+    return drafts, kinds

@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.checks import CheckInputs, checks_for_stage
+from auditor.checks import CheckInputs, run_checks
 from auditor.checks.base import ImageTable
 from auditor.config import Settings
 from auditor.db.findings import save_findings
@@ -417,6 +417,5 @@ def run_ingest_checks(
         taxonomy=set(taxonomy) if taxonomy is not None else None,
         extra={"row_problems": row_problems},
     )
-    checks = checks_for_stage("ingest")
-    drafts = [draft for check in checks for draft in check.run(inputs)]
-    return save_findings(session, dataset_id, None, drafts, [c.kind for c in checks])
+    drafts, kinds = run_checks(inputs, "ingest")
+    return save_findings(session, dataset_id, None, drafts, kinds)

@@ -1,0 +1,200 @@
+"""near_duplicate, label_conflict and split_leak: three views of one grouping of copies.
+
+Pairs come from the shared kNN graph (cosine similarity of the search vectors) and, for near-exact
+copies, from a small perceptual-hash distance between graph neighbours; byte-identical files (same
+SHA-256) join too. Union-find turns pairs into groups. A group is a near duplicate when it holds
+more than byte-identical copies, a label conflict when its members carry different labels, and a
+split leak when it spans train and evaluation splits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from auditor.checks.base import Check, CheckInputs, FindingDraft, register
+from auditor.db.models import Severity
+
+EVALUATION_SPLITS = {"test", "val", "valid", "validation", "eval", "holdout"}
+
+
+class UnionFind:
+    def __init__(self, size: int) -> None:
+        self.parent = list(range(size))
+
+    def find(self, item: int) -> int:
+        while self.parent[item] != item:
+            self.parent[item] = self.parent[self.parent[item]]
+            item = self.parent[item]
+        return item
+
+    def union(self, a: int, b: int) -> None:
+        root_a, root_b = self.find(a), self.find(b)
+        if root_a != root_b:
+            self.parent[max(root_a, root_b)] = min(root_a, root_b)
+
+    def groups(self) -> list[list[int]]:
+        members: dict[int, list[int]] = defaultdict(list)
+        for item in range(len(self.parent)):
+            members[self.find(item)].append(item)
+        return [sorted(group) for group in members.values() if len(group) > 1]
+
+
+def phash_distance(a: str | None, b: str | None) -> int:
+    if not a or not b:
+        return 64
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def duplicate_groups(
+    inputs: CheckInputs, threshold: float, phash_max: int
+) -> tuple[list[list[int]], dict[tuple[int, int], float]]:
+    """Groups of rows that are copies of each other, and the similarity of each linked pair."""
+    union = UnionFind(len(inputs.rows))
+    similarity: dict[tuple[int, int], float] = {}
+    hashes = [inputs.images.phash[r] for r in inputs.rows]
+    digests = [inputs.images.sha256[r] for r in inputs.rows]
+    if inputs.knn is not None:
+        for row, (neighbours, sims) in enumerate(
+            zip(inputs.knn.indices, inputs.knn.similarities, strict=True)
+        ):
+            for other, sim in zip(neighbours, sims, strict=True):
+                if other < 0:
+                    continue
+                close = sim >= threshold or phash_distance(hashes[row], hashes[other]) <= phash_max
+                if close:
+                    union.union(row, int(other))
+                    similarity[(min(row, int(other)), max(row, int(other)))] = float(sim)
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for row, digest in enumerate(digests):
+        if digest:
+            by_digest[digest].append(row)
+    for rows in by_digest.values():
+        for other in rows[1:]:
+            union.union(rows[0], other)
+            similarity[(rows[0], other)] = 1.0
+    return union.groups(), similarity
+
+
+def keeper(inputs: CheckInputs, group: list[int]) -> int:
+    """The member to keep: the largest image, then the shortest path, for a stable choice."""
+    images = inputs.images
+
+    def rank(row: int) -> tuple:
+        position = inputs.rows[row]
+        return (
+            -int(images.width[position]) * int(images.height[position]),
+            len(images.paths[position]),
+            images.paths[position],
+        )
+
+    return min(group, key=rank)
+
+
+def group_evidence(inputs: CheckInputs, group: list[int], pairs: dict) -> dict:
+    keep = keeper(inputs, group)
+    return {
+        "members": [
+            {
+                "image_id": inputs.image_id(row),
+                "path": inputs.path(row),
+                "label": inputs.label_name(row),
+                "split": inputs.images.splits[inputs.rows[row]],
+                "sha256": inputs.images.sha256[inputs.rows[row]],
+            }
+            for row in group
+        ],
+        "pairs": [
+            {"a": inputs.image_id(a), "b": inputs.image_id(b), "similarity": round(s, 4)}
+            for (a, b), s in sorted(pairs.items())
+        ][:50],
+        "keep": {"image_id": inputs.image_id(keep), "path": inputs.path(keep)},
+    }
+
+
+class DuplicateGroupCheck(Check):
+    """Shared settings and grouping; subclasses decide which groups are their kind of problem."""
+
+    requires = ("knn",)
+    defaults = {"threshold": 0.95, "phash_max": 4}
+
+    def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:
+        """Finding fields for a group that is this kind of problem, else None."""
+        raise NotImplementedError
+
+    def run(self, inputs: CheckInputs) -> list[FindingDraft]:
+        groups, similarity = duplicate_groups(
+            inputs, self.settings["threshold"], self.settings["phash_max"]
+        )
+        drafts = []
+        for group in groups:
+            members = set(group)
+            pairs = {k: v for k, v in similarity.items() if k[0] in members and k[1] in members}
+            details = self.relevant(inputs, group, pairs)
+            if details is None:
+                continue
+            evidence = {**group_evidence(inputs, group, pairs), **details.pop("evidence", {})}
+            ids = [inputs.image_id(row) for row in group]
+            drafts.append(
+                FindingDraft(
+                    kind=self.kind,
+                    subject=",".join(map(str, sorted(ids))),
+                    image_ids=ids,
+                    evidence=evidence,
+                    **details,
+                )
+            )
+        return drafts
+
+
+@register
+class NearDuplicateCheck(DuplicateGroupCheck):
+    kind = "near_duplicate"
+
+    def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:
+        digests = {inputs.images.sha256[inputs.rows[row]] for row in group}
+        if len(digests) < 2:
+            return None
+        return {
+            "score": float(min(1.0, max(pairs.values(), default=self.settings["threshold"]))),
+            "severity": Severity.LOW,
+            "given_label": inputs.label_name(group[0]),
+        }
+
+
+@register
+class LabelConflictCheck(DuplicateGroupCheck):
+    kind = "label_conflict"
+
+    def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:
+        labels = [inputs.label_name(row) for row in group if inputs.labels[row] >= 0]
+        if len(set(labels)) < 2:
+            return None
+        counts: dict[str, int] = defaultdict(int)
+        for label in labels:
+            counts[label] += 1
+        majority, top = max(counts.items(), key=lambda item: (item[1], item[0]))
+        agreement = top / len(labels)
+        return {
+            "score": float(1.0 - agreement / 2),
+            "severity": Severity.HIGH,
+            "given_label": ", ".join(sorted(set(labels))),
+            "suggested_label": majority if agreement > 0.5 else None,
+            "evidence": {"label_counts": dict(counts)},
+        }
+
+
+@register
+class SplitLeakCheck(DuplicateGroupCheck):
+    kind = "split_leak"
+
+    def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:
+        splits = {(inputs.images.splits[inputs.rows[row]] or "").lower() for row in group}
+        evaluation = splits & EVALUATION_SPLITS
+        if not evaluation or not (splits - EVALUATION_SPLITS - {""}):
+            return None
+        return {
+            "score": 1.0,
+            "severity": Severity.HIGH,
+            "given_label": inputs.label_name(group[0]),
+            "evidence": {"splits": sorted(splits - {""})},
+        }

@@ -1,0 +1,123 @@
+"""mislabel: confident learning on out-of-sample probabilities, sharpened by neighbour labels.
+
+cleanlab's `find_label_issues` sees only the model's probabilities. Human label noise follows visual
+similarity, and an image's nearest neighbours in feature space carry independent evidence of its
+true class, so the check mixes the kNN label distribution into the probabilities before confident
+learning runs. The mixing weight was chosen on CIFAR-10N (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+
+from auditor.checks.base import Check, CheckInputs, FindingDraft, register
+from auditor.db.models import Severity
+
+NEIGHBOURS_IN_EVIDENCE = 5
+
+
+def neighbour_label_distribution(
+    neighbours: np.ndarray, similarities: np.ndarray, labels: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """Similarity-weighted share of each class among an image's neighbours (its own label unseen)."""
+    weights = np.clip(similarities, 0.0, None).astype(np.float64)
+    valid = (neighbours >= 0) & (labels[np.clip(neighbours, 0, None)] >= 0)
+    weights = np.where(valid, weights, 0.0)
+    distribution = np.zeros((len(neighbours), n_classes))
+    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+    np.add.at(distribution, (rows, labels[np.clip(neighbours, 0, None)].ravel()), weights.ravel())
+    totals = distribution.sum(axis=1, keepdims=True)
+    uniform = np.full((1, n_classes), 1.0 / n_classes)
+    return np.where(totals > 0, distribution / np.where(totals > 0, totals, 1.0), uniform)
+
+
+def combined_probabilities(inputs: CheckInputs, neighbour_weight: float) -> np.ndarray:
+    probabilities = np.asarray(inputs.probabilities, dtype=np.float64)
+    if inputs.knn is None or neighbour_weight <= 0:
+        return probabilities
+    neighbour = neighbour_label_distribution(
+        inputs.knn.indices, inputs.knn.similarities, inputs.labels, probabilities.shape[1]
+    )
+    return (1.0 - neighbour_weight) * probabilities + neighbour_weight * neighbour
+
+
+def severity_for(score: float) -> Severity:
+    if score >= 0.9:
+        return Severity.HIGH
+    if score >= 0.7:
+        return Severity.MEDIUM
+    return Severity.LOW
+
+
+@register
+class MislabelCheck(Check):
+    kind = "mislabel"
+    requires = ("probabilities",)
+    defaults = {"neighbour_weight": 0.5, "filter_by": "prune_by_noise_rate"}
+
+    def scores(self, inputs: CheckInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(labeled rows, is_issue mask, score, combined probabilities) for the labeled rows."""
+        labeled = np.flatnonzero(inputs.labels >= 0)
+        combined = combined_probabilities(inputs, self.settings["neighbour_weight"])[labeled]
+        combined = combined / combined.sum(axis=1, keepdims=True)
+        given = inputs.labels[labeled]
+        if len(np.unique(given)) < 2:
+            return labeled, np.zeros(len(labeled), bool), np.zeros(len(labeled)), combined
+        issues = find_label_issues(given, combined, filter_by=self.settings["filter_by"], n_jobs=1)
+        quality = get_label_quality_scores(given, combined, method="self_confidence")
+        return labeled, issues, 1.0 - quality, combined
+
+    def run(self, inputs: CheckInputs) -> list[FindingDraft]:
+        labeled, issues, score, combined = self.scores(inputs)
+        drafts = []
+        for position in np.flatnonzero(issues):
+            row = int(labeled[position])
+            drafts.append(self.draft(inputs, row, float(score[position]), combined[position]))
+        return drafts
+
+    def draft(
+        self, inputs: CheckInputs, row: int, score: float, combined: np.ndarray
+    ) -> FindingDraft:
+        names = inputs.class_names
+        model = inputs.probabilities[row]
+        top = np.argsort(-combined)[:3]
+        alternatives = combined.copy()
+        alternatives[inputs.labels[row]] = -1.0
+        evidence = {
+            "given_probability": round(float(model[inputs.labels[row]]), 4),
+            "top_classes": [
+                {
+                    "label": names[c],
+                    "model": round(float(model[c]), 4),
+                    "combined": round(float(combined[c]), 4),
+                }
+                for c in top
+            ],
+        }
+        if inputs.knn is not None:
+            evidence["neighbours"] = [
+                {
+                    "image_id": inputs.image_id(int(j)),
+                    "path": inputs.path(int(j)),
+                    "label": inputs.label_name(int(j)),
+                    "similarity": round(float(s), 4),
+                }
+                for j, s in zip(
+                    inputs.knn.indices[row][:NEIGHBOURS_IN_EVIDENCE],
+                    inputs.knn.similarities[row][:NEIGHBOURS_IN_EVIDENCE],
+                    strict=True,
+                )
+                if j >= 0
+            ]
+        return FindingDraft(
+            kind=self.kind,
+            subject=str(inputs.image_id(row)),
+            image_ids=[inputs.image_id(row)],
+            score=score,
+            severity=severity_for(score),
+            given_label=inputs.label_name(row),
+            suggested_label=names[int(np.argmax(alternatives))],
+            evidence=evidence,
+        )

@@ -1,0 +1,233 @@
+"""Checks on data where the right answer is known: planted label flips, copies with conflicting
+labels or across splits, an off-topic cluster and a synonym class pair; clean controls stay quiet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from auditor.checks import REGISTRY, CheckInputs, run_checks
+from auditor.checks.base import ImageTable
+from auditor.checks.mislabel import neighbour_label_distribution
+from auditor.config import Settings
+from auditor.db.findings import save_findings
+from auditor.db.models import Finding
+from auditor.index import knn_graph
+from auditor.ingest.ingest import ingest, load_image_table
+from auditor.predict.heads import kfold_head_probabilities
+from tests.corpus import encode, noise_image
+
+CLASSES = ["cat", "dog", "truck", "ship", "sunglass", "sunglasses"]
+PER_CLASS = 60
+DIM = 48
+
+
+@dataclass
+class Planted:
+    features: np.ndarray
+    labels: np.ndarray
+    splits: list[str]
+    flipped: dict[int, int]
+    near_copies: dict[str, tuple[int, int]]
+    outliers: list[int]
+
+
+def planted_features(seed: int = 0) -> Planted:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, DIM))
+    centre_of = [0, 1, 2, 3, 4, 4]  # sunglass and sunglasses are one visual concept
+    features, labels = [], []
+    for label, centre in enumerate(centre_of):
+        features.append(centres[centre] + rng.normal(scale=0.55, size=(PER_CLASS, DIM)))
+        labels += [label] * PER_CLASS
+    features = np.vstack(features)
+    labels = np.array(labels)
+    flipped = {}
+    for index in rng.choice(4 * PER_CLASS, size=12, replace=False):
+        wrong = rng.choice([c for c in range(4) if c != labels[index]])
+        flipped[int(index)] = int(labels[index])
+        labels[index] = wrong
+    splits = ["train"] * len(labels)
+    originals = [i for i in range(4 * PER_CLASS) if i not in flipped][:4]
+    near_copies = {}
+    extra_features, extra_labels = [], []
+    for name, original in zip(["same", "conflict", "leak", "plain"], originals, strict=True):
+        extra_features.append(features[original] + rng.normal(scale=0.01, size=DIM))
+        label = labels[original]
+        if name == "conflict":
+            label = (label + 1) % 4
+        extra_labels.append(label)
+        near_copies[name] = (original, len(labels) + len(extra_labels) - 1)
+        splits.append("test" if name == "leak" else "train")
+    outliers = []
+    for _ in range(3):
+        extra_features.append(rng.normal(size=DIM) * 0.2 + 6.0 * np.eye(DIM)[rng.integers(DIM)])
+        extra_labels.append(0)
+        splits.append("train")
+        outliers.append(len(labels) + len(extra_labels) - 1)
+    features = np.vstack([features, extra_features]).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    return Planted(
+        features, np.concatenate([labels, extra_labels]), splits, flipped, near_copies, outliers
+    )
+
+
+def synthetic_table(planted: Planted) -> ImageTable:
+    n = len(planted.labels)
+    return ImageTable(
+        ids=np.arange(1, n + 1),
+        paths=[f"img/{i:04d}.png" for i in range(n)],
+        status=["ok"] * n,
+        errors=[None] * n,
+        sha256=[f"{i:064x}" for i in range(n)],
+        phash=[None] * n,
+        width=np.full(n, 32),
+        height=np.full(n, 32),
+        stats=[{}] * n,
+        labels=[CLASSES[c] for c in planted.labels],
+        splits=planted.splits,
+    )
+
+
+def check_inputs(planted: Planted, table: ImageTable) -> CheckInputs:
+    probabilities = kfold_head_probabilities(planted.features, planted.labels, len(CLASSES), seed=0)
+    return CheckInputs(
+        dataset_id=1,
+        images=table,
+        class_names=CLASSES,
+        rows=np.arange(len(table)),
+        labels=planted.labels,
+        features=planted.features,
+        probabilities=probabilities,
+        knn=knn_graph(planted.features, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def planted_run():
+    planted = planted_features()
+    inputs = check_inputs(planted, synthetic_table(planted))
+    drafts, kinds = run_checks(inputs, "audit")
+    by_kind: dict[str, list] = {}
+    for draft in drafts:
+        by_kind.setdefault(draft.kind, []).append(draft)
+    return planted, inputs, by_kind, kinds
+
+
+def rows_of(drafts) -> list[set[int]]:
+    return [{image_id - 1 for image_id in d.image_ids} for d in drafts]
+
+
+def test_every_registered_audit_check_ran(planted_run):
+    _, _, _, kinds = planted_run
+    expected = {k for k, c in REGISTRY.items() if c.stage == "audit"}
+    assert set(kinds) == expected
+
+
+def test_mislabel_finds_flips_with_the_true_label_suggested(planted_run):
+    planted, _, by_kind, _ = planted_run
+    flagged = {row for rows in rows_of(by_kind["mislabel"]) for row in rows}
+    found = flagged & set(planted.flipped)
+    assert len(found) >= 10, f"found {len(found)} of 12 flips"
+    synonyms = set(range(4 * PER_CLASS, 6 * PER_CLASS))
+    planted_rows = (
+        set(planted.flipped) | {c for _, c in planted.near_copies.values()} | set(planted.outliers)
+    )
+    false_alarms = flagged - planted_rows - synonyms
+    assert len(false_alarms) <= 3, false_alarms
+    suggestions = {d.image_ids[0] - 1: d.suggested_label for d in by_kind["mislabel"]}
+    right = sum(suggestions[r] == CLASSES[planted.flipped[r]] for r in found)
+    assert right >= len(found) - 1
+    assert all(0.0 <= d.score <= 1.0 for d in by_kind["mislabel"])
+
+
+def test_duplicates_conflicts_and_leaks_are_exactly_the_planted_ones(planted_run):
+    planted, _, by_kind, _ = planted_run
+    pairs = {name: set(pair) for name, pair in planted.near_copies.items()}
+    assert sorted(map(sorted, rows_of(by_kind["near_duplicate"]))) == sorted(
+        map(sorted, pairs.values())
+    )
+    assert rows_of(by_kind["label_conflict"]) == [pairs["conflict"]]
+    assert rows_of(by_kind["split_leak"]) == [pairs["leak"]]
+    conflict = by_kind["label_conflict"][0]
+    assert conflict.evidence["keep"]["path"] in {m["path"] for m in conflict.evidence["members"]}
+
+
+def test_outliers_are_the_off_topic_images(planted_run):
+    planted, _, by_kind, _ = planted_run
+    flagged = {row for rows in rows_of(by_kind["outlier"]) for row in rows}
+    assert set(planted.outliers) <= flagged
+    assert len(flagged - set(planted.outliers)) <= 2
+
+
+def test_synonym_pair_is_the_top_ambiguous_pair(planted_run):
+    _, _, by_kind, _ = planted_run
+    top = max(by_kind["ambiguous_classes"], key=lambda d: d.score)
+    assert top.evidence["classes"] == ["sunglass", "sunglasses"]
+    assert top.evidence["recommendation"] == "merge"
+    others = [d for d in by_kind["ambiguous_classes"] if d is not top]
+    assert all(d.score < top.score for d in others)
+
+
+def test_neighbour_label_distribution_never_sees_the_images_own_label():
+    planted = planted_features(seed=3)
+    graph = knn_graph(planted.features, 8)
+    before = neighbour_label_distribution(graph.indices, graph.similarities, planted.labels, 6)
+    changed = planted.labels.copy()
+    changed[0] = (changed[0] + 1) % 6
+    after = neighbour_label_distribution(graph.indices, graph.similarities, changed, 6)
+    assert np.allclose(before[0], after[0])
+    assert np.allclose(before.sum(axis=1), 1.0)
+    neighbours_of_0 = np.flatnonzero((graph.indices == 0).any(axis=1))
+    assert len(neighbours_of_0) and not np.allclose(before[neighbours_of_0], after[neighbours_of_0])
+
+
+def test_findings_saved_idempotently_and_reviews_survive(session_factory, tmp_path):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(12):
+            (root / label / f"{i}.png").write_bytes(
+                encode(noise_image(int(rng.integers(10**6))), "PNG")
+            )
+    result = ingest(session_factory, "checks", root, Settings(workers=1))
+    with session_factory() as session:
+        table = load_image_table(session, result.dataset_id)
+    n = len(table)
+    labels = np.array([0 if lab == "cat" else 1 for lab in table.labels])
+    features = np.eye(2)[labels] + rng.normal(scale=0.05, size=(n, 2))
+    features[0] = features[12]  # a copy across classes
+    features = (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
+    inputs = CheckInputs(
+        dataset_id=result.dataset_id,
+        images=table,
+        class_names=["cat", "dog"],
+        rows=np.arange(n),
+        labels=labels,
+        features=features,
+        knn=knn_graph(features, 5),
+    )
+    drafts, kinds = run_checks(inputs, "audit")
+    assert any(d.kind == "label_conflict" for d in drafts)
+    with session_factory() as session, session.begin():
+        first = save_findings(session, result.dataset_id, None, drafts, kinds)
+        conflict = session.scalar(select(Finding).where(Finding.kind == "label_conflict"))
+        conflict.status = "dismissed"
+    with session_factory() as session, session.begin():
+        second = save_findings(session, result.dataset_id, None, drafts, kinds)
+    assert first == second
+    with session_factory() as session:
+        count = session.scalar(
+            select(func.count(Finding.id)).where(
+                Finding.dataset_id == result.dataset_id, Finding.kind.in_(kinds)
+            )
+        )
+        assert count == sum(first.values())
+        assert (
+            session.scalar(select(Finding.status).where(Finding.kind == "label_conflict"))
+            == "dismissed"
+        )

@@ -1,3 +1,4 @@
 from auditor.cli import app
 
-app(prog_name="auditor")
+if __name__ == "__main__":
+    app(prog_name="auditor")

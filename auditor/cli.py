@@ -21,11 +21,14 @@ from rich.text import Text
 
 from auditor.config import Settings, get_settings
 from auditor.db import migrate
+from auditor.db.models import Audit
 from auditor.db.queries import found_paths_by_kind
 from auditor.db.session import make_engine, make_session_factory
-from auditor.demo import build_demo_dataset
+from auditor.demo import PlantedProblems, build_demo_dataset
 from auditor.ingest.ingest import IngestResult, ingest
 from auditor.ingest.sources import SourceError
+from auditor.pipeline.audit import create_audit, run_audit
+from auditor.report import write_report
 
 app = typer.Typer(help="Audit image-classification datasets for label errors and duplicates.")
 db_app = typer.Typer(help="Database schema.")
@@ -145,33 +148,140 @@ def dataset_add(
     print_findings_table("ingest findings", result.findings)
 
 
+def run_full_audit(
+    name: str,
+    source: Path,
+    labels: Path | None,
+    classes: Path | None,
+    parameters: dict,
+    quiet: bool,
+) -> tuple[IngestResult, Audit, Path]:
+    """Ingest (incrementally), audit in this process, write the report."""
+    settings = get_settings()
+    ingested = run_ingest(name, source, labels, classes, quiet)
+    factory = session_factory(settings)
+    audit_id = create_audit(factory, ingested.dataset_id, parameters)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("audit", total=1.0)
+
+        def report(stage: str, fraction: float) -> None:
+            progress.update(task, description=stage, completed=fraction)
+
+        try:
+            audit = run_audit(factory, settings, audit_id, on_stage=report)
+        except Exception as exc:
+            fail(f"audit {audit_id} failed: {exc}")
+            raise
+    with factory() as session:
+        report_path = write_report(session, audit_id, settings.data_dir)
+    return ingested, audit, report_path
+
+
+def audit_parameters(backbone: str, epochs: int | None) -> dict:
+    parameters: dict = {"backbone": backbone}
+    if epochs is not None:
+        parameters["epochs"] = epochs
+    return parameters
+
+
+def print_audit_summary(audit: Audit) -> None:
+    summary = audit.summary
+    console.print(
+        f"audit {audit.id}: {summary.get('audited_images', 0)} images audited, "
+        f"health score {summary.get('health_score', 0):.3f}; stage seconds "
+        + ", ".join(f"{k} {v:.1f}" for k, v in audit.stage_timings.items())
+    )
+    print_findings_table("findings", summary.get("findings", {}))
+
+
+BackboneOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (pretrained ResNet-18 from the local torch cache, else a CNN trained on the "
+        "data), trained, or a backbone name"
+    ),
+]
+EpochsOption = Annotated[int | None, typer.Option(help="Ceiling on CNN training epochs")]
+
+
+@app.command()
+def run(
+    source: Annotated[Path, typer.Argument(help="Folder, .csv/.jsonl manifest, or .zip/.tar")],
+    labels: Annotated[Path | None, typer.Option(help="CSV/JSONL of path,label to apply")] = None,
+    classes: Annotated[Path | None, typer.Option(help="Class list, one name per line")] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: the source's)")] = None,
+    backbone: BackboneOption = "auto",
+    epochs: EpochsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object last")] = False,
+) -> None:
+    """One-shot audit of a folder, manifest or archive on the configured database."""
+    dataset_name = name or source.resolve().name
+    ingested, audit, report_path = run_full_audit(
+        dataset_name, source, labels, classes, audit_parameters(backbone, epochs), as_json
+    )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "dataset_id": ingested.dataset_id,
+                    "audit_id": audit.id,
+                    "images": ingested.images,
+                    "findings": audit.summary.get("findings", {}),
+                    "report": str(report_path),
+                }
+            )
+        )
+        return
+    print_audit_summary(audit)
+    console.print(f"report: {report_path}")
+
+
 @app.command()
 def demo(
-    per_class: Annotated[int, typer.Option(help="Images per digit class")] = 60,
+    per_class: Annotated[int, typer.Option(help="Images per digit class")] = 100,
+    backbone: BackboneOption = "auto",
+    epochs: EpochsOption = None,
 ) -> None:
     """Build the demo dataset (digits with planted problems), audit it, compare with the truth."""
     settings = get_settings()
     root = settings.data_dir / "demo" / "digits"
     planted = build_demo_dataset(root, per_class=per_class)
     console.print(f"demo dataset written to {root}")
-    result = run_ingest("demo", root, None, None, quiet=False)
-    print_findings_table("findings", result.findings)
+    ingested, audit, report_path = run_full_audit(
+        "demo", root, None, None, audit_parameters(backbone, epochs), quiet=False
+    )
+    print_audit_summary(audit)
     factory = session_factory(settings)
     with factory() as session:
-        found = found_paths_by_kind(session, result.dataset_id)
+        found = found_paths_by_kind(session, ingested.dataset_id, audit.id)
+    print_planted_comparison(planted, found)
+    console.print(f"report: {report_path}")
+
+
+def print_planted_comparison(planted: PlantedProblems, found: dict[str, list[list[str]]]) -> None:
     table = Table(title="planted problems found")
-    table.add_column("problem")
-    table.add_column("planted", justify="right")
-    table.add_column("found", justify="right")
+    for column in ("problem", "planted", "found", "flagged in all"):
+        table.add_column(column, justify="left" if column == "problem" else "right")
     planted_dupes = {frozenset(group) for group in planted.exact_duplicates}
     found_dupes = {frozenset(group) for group in found.get("exact_duplicate", [])}
     table.add_row(
-        "exact duplicates", str(len(planted_dupes)), str(len(planted_dupes & found_dupes))
+        "exact duplicates",
+        str(len(planted_dupes)),
+        str(len(planted_dupes & found_dupes)),
+        str(len(found_dupes)),
     )
     found_unreadable = {p for group in found.get("unreadable", []) for p in group}
     table.add_row(
         "unreadable files",
         str(len(planted.unreadable)),
         str(len(set(planted.unreadable) & found_unreadable)),
+        str(len(found_unreadable)),
+    )
+    flagged = {p for group in found.get("mislabel", []) for p in group}
+    table.add_row(
+        "mislabeled images",
+        str(len(planted.mislabeled)),
+        str(len(set(planted.mislabeled) & flagged)),
+        str(len(flagged)),
     )
     console.print(table)

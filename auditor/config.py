@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         description="Images with more pixels are refused as decompression bombs, never decoded.",
     )
     max_file_bytes: int = Field(default=256 * 1024 * 1024, description="Larger files are refused.")
+    lease_seconds: float = Field(
+        default=120.0, gt=0, description="A running audit whose heartbeat is older is taken over."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Tries before an audit is failed.")
+    retry_base_seconds: float = Field(default=30.0, ge=0, description="Backoff doubles per try.")
+    poll_seconds: float = Field(default=2.0, gt=0, description="Worker's wait when idle.")
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1

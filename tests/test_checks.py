@@ -17,6 +17,7 @@ from auditor.db.findings import save_findings
 from auditor.db.models import Finding
 from auditor.index import knn_graph
 from auditor.ingest.ingest import ingest, load_image_table
+from auditor.pipeline.stages import hierarchy_analyses
 from auditor.predict.heads import kfold_head_probabilities
 from tests.corpus import encode, noise_image
 
@@ -37,7 +38,10 @@ class Planted:
 
 def planted_features(seed: int = 0) -> Planted:
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(5, DIM))
+    animal, vehicle, eyewear = rng.normal(size=(3, DIM))
+    centres = np.array([animal, animal, vehicle, vehicle, eyewear]) + rng.normal(
+        scale=0.75, size=(5, DIM)
+    )
     centre_of = [0, 1, 2, 3, 4, 4]  # sunglass and sunglasses are one visual concept
     features, labels = [], []
     for label, centre in enumerate(centre_of):
@@ -92,8 +96,19 @@ def synthetic_table(planted: Planted) -> ImageTable:
     )
 
 
+GIVEN_TREE = {
+    "name": "root",
+    "children": [
+        {"name": "animal", "children": [{"name": "cat"}, {"name": "dog"}, {"name": "ship"}]},
+        {"name": "vehicle", "children": [{"name": "truck"}]},
+        {"name": "eyewear", "children": [{"name": "sunglass"}, {"name": "sunglasses"}]},
+    ],
+}
+
+
 def check_inputs(planted: Planted, table: ImageTable) -> CheckInputs:
     probabilities = kfold_head_probabilities(planted.features, planted.labels, len(CLASSES), seed=0)
+    hierarchy = hierarchy_analyses(probabilities, planted.labels, CLASSES, {}, GIVEN_TREE)
     return CheckInputs(
         dataset_id=1,
         images=table,
@@ -103,6 +118,7 @@ def check_inputs(planted: Planted, table: ImageTable) -> CheckInputs:
         features=planted.features,
         probabilities=probabilities,
         knn=knn_graph(planted.features, 10),
+        hierarchy=hierarchy,
     )
 
 
@@ -142,6 +158,39 @@ def test_mislabel_finds_flips_with_the_true_label_suggested(planted_run):
     right = sum(suggestions[r] == CLASSES[planted.flipped[r]] for r in found)
     assert right >= len(found) - 1
     assert all(0.0 <= d.score <= 1.0 for d in by_kind["mislabel"])
+
+
+def test_taxonomy_disagreement_names_the_misfiled_class():
+    rng = np.random.default_rng(5)
+    animal, vehicle, eyewear = rng.normal(size=(3, DIM))
+    centres = np.array([animal, animal, vehicle, vehicle, eyewear, eyewear])
+    centres = centres + rng.normal(scale=0.25, size=(6, DIM))
+    labels = np.repeat(np.arange(6), PER_CLASS)
+    features = centres[labels] + rng.normal(scale=0.55, size=(len(labels), DIM))
+    probabilities = kfold_head_probabilities(features, labels, len(CLASSES), seed=0)
+    inputs = CheckInputs(
+        dataset_id=1,
+        images=synthetic_table(Planted(features, labels, ["train"] * len(labels), {}, {}, [])),
+        class_names=CLASSES,
+        rows=np.arange(len(labels)),
+        labels=labels,
+        probabilities=probabilities,
+        hierarchy=hierarchy_analyses(probabilities, labels, CLASSES, {}, GIVEN_TREE),
+    )
+    drafts = REGISTRY["taxonomy_disagreement"]().run(inputs)
+    top = drafts[0]
+    assert top.given_label == "ship"
+    assert top.evidence["given_group"] == "animal" and top.evidence["learned_group"] == "vehicle"
+
+
+def test_mislabel_severity_follows_the_hierarchy(planted_run):
+    _, _, by_kind, _ = planted_run
+    contexts = [d.evidence["hierarchy"] for d in by_kind["mislabel"]]
+    assert contexts and all("distance" in c for c in contexts)
+    cross = [d for d in by_kind["mislabel"] if d.evidence["hierarchy"]["likely_real_error"]]
+    inside = [d for d in by_kind["mislabel"] if d.evidence["hierarchy"]["same_block"]]
+    assert all(d.severity != "low" for d in cross)
+    assert all(d.severity != "high" for d in inside)
 
 
 def test_duplicates_conflicts_and_leaks_are_exactly_the_planted_ones(planted_run):

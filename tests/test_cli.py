@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from auditor.demo import build_demo_dataset
 from tests.corpus import encode, noise_image
 
 
@@ -55,7 +56,22 @@ def test_db_upgrade(tmp_path):
 
 
 def test_demo_reports_planted_problems(tmp_path):
-    done = auditor(tmp_path, "demo", "--per-class", "8")
+    done = auditor(tmp_path, "demo", "--per-class", "12", "--epochs", "2")
     assert done.returncode == 0, done.stderr
-    assert "exact duplicates │       5 │     5" in done.stderr
-    assert "unreadable files │       1 │     1" in done.stderr
+    assert "exact duplicates  │       5 │     5" in done.stderr
+    assert "unreadable files  │       1 │     1" in done.stderr
+    assert (tmp_path / "data" / "reports" / "audit-1.html").is_file()
+
+
+def test_run_json_contract(tmp_path):
+    root = tmp_path / "digits"
+    build_demo_dataset(root, per_class=10)
+    done = auditor(tmp_path, "run", str(root), "--epochs", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(payload) == {"dataset_id", "audit_id", "images", "findings", "report"}
+    assert payload["images"] == 10 * 10 + 6
+    assert payload["findings"]["exact_duplicate"] == 5
+    assert payload["findings"]["unreadable"] == 1
+    report = (tmp_path / payload["report"]).read_text()
+    assert "exact_duplicate" in report and "data:image/png;base64," in report

@@ -11,7 +11,14 @@ from auditor.checks.base import (
 )
 
 # Importing the plugin modules registers them.
-from auditor.checks import ambiguous, duplicates, ingest_checks, mislabel, outlier  # noqa: E402,F401  isort: skip
+from auditor.checks import (  # noqa: E402,F401  isort: skip
+    ambiguous,
+    duplicates,
+    ingest_checks,
+    mislabel,
+    outlier,
+    taxonomy,
+)
 
 __all__ = [
     "REGISTRY",

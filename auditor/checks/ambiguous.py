@@ -95,6 +95,12 @@ class AmbiguousClassesCheck(Check):
                             4,
                         ),
                         "recommendation": "merge" if merge else "clarify",
+                        "same_block": any(
+                            name_a in block and name_b in block
+                            for block in ((inputs.hierarchy or {}).get("hierarchy") or {}).get(
+                                "blocks", []
+                            )
+                        ),
                     },
                 )
             )

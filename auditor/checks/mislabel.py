@@ -14,6 +14,7 @@ from cleanlab.rank import get_label_quality_scores
 
 from auditor.checks.base import Check, CheckInputs, FindingDraft, register
 from auditor.db.models import Severity
+from auditor.hierarchy.severity import MislabelContext, mislabel_context
 
 NEIGHBOURS_IN_EVIDENCE = 5
 
@@ -43,12 +44,23 @@ def combined_probabilities(inputs: CheckInputs, neighbour_weight: float) -> np.n
     return (1.0 - neighbour_weight) * probabilities + neighbour_weight * neighbour
 
 
-def severity_for(score: float) -> Severity:
-    if score >= 0.9:
-        return Severity.HIGH
-    if score >= 0.7:
-        return Severity.MEDIUM
-    return Severity.LOW
+SEVERITIES = [Severity.LOW, Severity.MEDIUM, Severity.HIGH]
+
+
+def severity_for(score: float, context: MislabelContext | None) -> Severity:
+    """From the score, then one step up for a cross-branch error (cat labeled truck: a slip, not
+    an honest confusion) and one step down inside a block (husky/malamute: maybe ambiguous)."""
+    step = 2 if score >= 0.9 else 1 if score >= 0.7 else 0
+    if context is not None:
+        step += 1 if context.likely_real_error else -1 if context.same_block else 0
+    return SEVERITIES[min(2, max(0, step))]
+
+
+def hierarchy_context(inputs: CheckInputs, given: str, suggested: str) -> MislabelContext | None:
+    payload = (inputs.hierarchy or {}).get("hierarchy")
+    if not payload:
+        return None
+    return mislabel_context(payload["tree"], payload["blocks"], given, suggested)
 
 
 @register
@@ -111,13 +123,17 @@ class MislabelCheck(Check):
                 )
                 if j >= 0
             ]
+        given, suggested = inputs.label_name(row), names[int(np.argmax(alternatives))]
+        context = hierarchy_context(inputs, given, suggested)
+        if context is not None:
+            evidence["hierarchy"] = context.to_dict()
         return FindingDraft(
             kind=self.kind,
             subject=str(inputs.image_id(row)),
             image_ids=[inputs.image_id(row)],
             score=score,
-            severity=severity_for(score),
-            given_label=inputs.label_name(row),
-            suggested_label=names[int(np.argmax(alternatives))],
+            severity=severity_for(score, context),
+            given_label=given,
+            suggested_label=suggested,
             evidence=evidence,
         )

@@ -82,6 +82,9 @@ class Dataset(Base):
     class_list: Mapped[list[str] | None] = mapped_column(
         JSON, doc="The class list given with the dataset; labels outside it are findings."
     )
+    hierarchy: Mapped[dict[str, Any] | None] = mapped_column(
+        doc="A curator's class tree, validated, compared with the learned one at each audit."
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -179,11 +182,42 @@ class Audit(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None] = mapped_column(doc="A retried audit waits until then.")
     worker_id: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class AuditAnalysis(Base):
+    """A JSON analysis of one audit (hierarchy, confusion, layers, ...) served by the API."""
+
+    __tablename__ = "audit_analyses"
+
+    audit_id: Mapped[int] = mapped_column(
+        ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+
+
+class Schedule(Base):
+    """A periodic audit of one dataset: a cron expression or a fixed interval."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), unique=True
+    )
+    cron: Mapped[str | None] = mapped_column(String(100))
+    interval_seconds: Mapped[int | None] = mapped_column(Integer)
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_run_at: Mapped[datetime] = mapped_column()
+    last_enqueued_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Finding(Base):

@@ -15,6 +15,9 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from auditor.db.models import ImageStatus
+from auditor.ingest.sources import PathRefused, Source
+
 THUMB_SIDE = 64
 
 
@@ -122,3 +125,43 @@ def describe(data: bytes, max_pixels: int = 100_000_000) -> ImageDescription:
             "frames": int(n_frames),
         },
     )
+
+
+@dataclass
+class DecodeOutcome:
+    path: str
+    stamp: str | None
+    status: str
+    error: str | None = None
+    description: dict | None = None
+
+
+def decode_entry(source: Source, path: str, max_pixels: int, max_bytes: int) -> DecodeOutcome:
+    """Read and describe one file; runs in a worker process, so it returns plain data."""
+    try:
+        stamp = source.stamp(path)
+        if stamp is None:
+            return DecodeOutcome(path, None, ImageStatus.MISSING, "file not found")
+        size = source.size(path)
+        if size > max_bytes:
+            return DecodeOutcome(
+                path, stamp, ImageStatus.UNREADABLE, f"file too large ({size} bytes > {max_bytes})"
+            )
+        data = source.read_bytes(path)
+    except PathRefused as exc:
+        return DecodeOutcome(path, None, ImageStatus.REFUSED, str(exc))
+    except (FileNotFoundError, NotADirectoryError):
+        return DecodeOutcome(path, None, ImageStatus.MISSING, "file not found")
+    except IsADirectoryError:
+        return DecodeOutcome(path, None, ImageStatus.UNREADABLE, "is a directory, not a file")
+    except OSError as exc:
+        return DecodeOutcome(path, None, ImageStatus.UNREADABLE, f"cannot read file: {exc}")
+    try:
+        description = describe(data, max_pixels)
+    except UnreadableImage as exc:
+        return DecodeOutcome(path, stamp, ImageStatus.UNREADABLE, str(exc))
+    return DecodeOutcome(path, stamp, ImageStatus.OK, None, description.__dict__)
+
+
+def decode_chunk(paths: list[str], source: Source, max_pixels: int, max_bytes: int):
+    return [decode_entry(source, p, max_pixels, max_bytes) for p in paths]

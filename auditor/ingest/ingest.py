@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,9 @@ from auditor.checks.base import ImageTable
 from auditor.config import Settings
 from auditor.db.findings import save_findings
 from auditor.db.models import Batch, Class, Dataset, Image, ImageStatus, Label, utcnow
-from auditor.ingest.decode import UnreadableImage, describe
+from auditor.hierarchy.given import parse_hierarchy
+from auditor.hierarchy.tree import HierarchyError
+from auditor.ingest.decode import DecodeOutcome, decode_chunk
 from auditor.ingest.sources import (
     PathRefused,
     Source,
@@ -29,9 +29,9 @@ from auditor.ingest.sources import (
     normalise_member_path,
     open_source,
 )
+from auditor.parallel import map_chunks
 
 WRITE_BATCH = 2000
-DECODE_CHUNK = 64
 LABEL_SOURCE = "source"
 
 ProgressCallback = Callable[[int, int], None]
@@ -47,76 +47,22 @@ class IngestResult:
     duplicate_rows: int = 0
 
 
-@dataclass
-class DecodeOutcome:
-    path: str
-    stamp: str | None
-    status: str
-    error: str | None = None
-    description: dict | None = None
-
-
-def decode_entry(source: Source, path: str, max_pixels: int, max_bytes: int) -> DecodeOutcome:
-    """Read and describe one file; runs in a worker process, so it returns plain data."""
-    try:
-        stamp = source.stamp(path)
-        if stamp is None:
-            return DecodeOutcome(path, None, ImageStatus.MISSING, "file not found")
-        size = source.size(path)
-        if size > max_bytes:
-            return DecodeOutcome(
-                path, stamp, ImageStatus.UNREADABLE, f"file too large ({size} bytes > {max_bytes})"
-            )
-        data = source.read_bytes(path)
-    except PathRefused as exc:
-        return DecodeOutcome(path, None, ImageStatus.REFUSED, str(exc))
-    except (FileNotFoundError, NotADirectoryError):
-        return DecodeOutcome(path, None, ImageStatus.MISSING, "file not found")
-    except IsADirectoryError:
-        return DecodeOutcome(path, None, ImageStatus.UNREADABLE, "is a directory, not a file")
-    except OSError as exc:
-        return DecodeOutcome(path, None, ImageStatus.UNREADABLE, f"cannot read file: {exc}")
-    try:
-        description = describe(data, max_pixels)
-    except UnreadableImage as exc:
-        return DecodeOutcome(path, stamp, ImageStatus.UNREADABLE, str(exc))
-    return DecodeOutcome(path, stamp, ImageStatus.OK, None, description.__dict__)
-
-
-def decode_chunk(source: Source, paths: list[str], max_pixels: int, max_bytes: int):
-    return [decode_entry(source, p, max_pixels, max_bytes) for p in paths]
-
-
 def decode_all(
     source: Source,
     paths: list[str],
     settings: Settings,
     progress: ProgressCallback | None,
 ) -> Iterator[DecodeOutcome]:
-    """Decode in worker processes (or inline for one worker); yields outcomes as chunks finish."""
-    workers = settings.worker_count()
-    size = max(1, min(DECODE_CHUNK, -(-len(paths) // (workers * 4))))
-    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-    workers = min(workers, max(1, len(chunks)))
-    done = 0
-    args = (settings.max_image_pixels, settings.max_file_bytes)
-    if workers <= 1:
-        results: Iterable = (decode_chunk(source, chunk, *args) for chunk in chunks)
-        for outcomes in results:
-            done += len(outcomes)
-            if progress:
-                progress(done, len(paths))
-            yield from outcomes
-        return
-    # spawn, not fork: the parent may hold database connections and torch thread pools.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(decode_chunk, source, chunk, *args) for chunk in chunks]
-        for future in futures:
-            outcomes = future.result()
-            done += len(outcomes)
-            if progress:
-                progress(done, len(paths))
-            yield from outcomes
+    """Decode in worker processes (or inline for one worker); yields outcomes in order."""
+    yield from map_chunks(
+        decode_chunk,
+        paths,
+        settings.worker_count(),
+        source,
+        settings.max_image_pixels,
+        settings.max_file_bytes,
+        progress=progress,
+    )
 
 
 @dataclass
@@ -173,6 +119,23 @@ def read_taxonomy(classes_file: Path | None) -> list[str] | None:
     if not names:
         raise SourceError(f"class list {classes_file} names no classes")
     return names
+
+
+def read_hierarchy(
+    hierarchy_file: Path | None, taxonomy: list[str] | None, planned: dict[str, PlannedEntry]
+) -> dict | None:
+    """A curator's class tree (JSON tree or `class,parent` CSV), validated against the classes."""
+    if hierarchy_file is None:
+        return None
+    if not hierarchy_file.is_file():
+        raise SourceError(f"hierarchy file not found: {hierarchy_file}")
+    class_names = taxonomy or sorted(
+        {label for item in planned.values() for label, _, _ in item.labels if label is not None}
+    )
+    try:
+        return parse_hierarchy(hierarchy_file, class_names)
+    except HierarchyError as exc:
+        raise SourceError(f"invalid hierarchy {hierarchy_file.name}: {exc}") from exc
 
 
 def get_or_create_dataset(session: Session, name: str, source: Source) -> Dataset:
@@ -329,8 +292,10 @@ def ingest(
     labels_file: Path | None = None,
     classes_file: Path | None = None,
     progress: ProgressCallback | None = None,
+    hierarchy_file: Path | None = None,
 ) -> IngestResult:
-    """Register or refresh dataset `name` from `source_uri`; raises SourceError for a bad source."""
+    """Register or refresh dataset `name` from `source_uri`; raises SourceError for a bad source,
+    class list or hierarchy, before anything is written."""
     source = open_source(source_uri)
     taxonomy = read_taxonomy(classes_file)
     entries: Iterable[SourceEntry] = source.entries()
@@ -339,12 +304,15 @@ def ingest(
     planned, duplicate_rows = plan_entries(entries)
     if not planned:
         raise SourceError(f"no images found in {source_uri}")
+    hierarchy = read_hierarchy(hierarchy_file, taxonomy, planned)
 
     with factory() as session, session.begin():
         dataset = get_or_create_dataset(session, name, source)
         dataset_id = dataset.id
         if taxonomy is not None:
             dataset.class_list = taxonomy
+        if hierarchy is not None:
+            dataset.hierarchy = hierarchy
         taxonomy = dataset.class_list
         known = {
             img.path: img

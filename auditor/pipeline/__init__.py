@@ -1,0 +1,1 @@
+"""The audit pipeline: stages from dataset to findings, checkpointed so a restart resumes."""

@@ -1,0 +1,313 @@
+"""The audit stages, each reading the checkpoints of the stages before it and writing its own.
+
+ingest     freeze the usable images (decoded fine, labeled) and their current labels
+embed      pretrained backbone: cached per-layer vectors; otherwise: small pixel arrays
+predict    out-of-sample probabilities (+ per-layer features when a CNN is trained here)
+index      the shared kNN graph over the search vectors
+hierarchy  the learned class tree, blocks, layer separability, comparison with a given tree
+checks     every registered check; findings written in one transaction
+summarise  per-class and overall figures stored with the audit
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from auditor.checks import CheckInputs, run_checks
+from auditor.config import Settings
+from auditor.db.findings import save_findings
+from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
+from auditor.embed.backbones import build_backbone
+from auditor.embed.cache import FeatureStore, embed_with_cache
+from auditor.embed.pixels import load_pixels
+from auditor.embed.weights import hub_checkpoint_path
+from auditor.hierarchy import (
+    HierarchyError,
+    compare_hierarchies,
+    confusion_counts,
+    confusion_payload,
+    find_blocks,
+    hierarchy_payload,
+    layer_separability,
+    learn_hierarchy,
+    parse_hierarchy,
+)
+from auditor.index import KnnGraph, knn_graph
+from auditor.ingest.ingest import load_image_table
+from auditor.ingest.sources import open_source
+from auditor.pipeline.artifacts import AuditArtifacts
+from auditor.pipeline.summary import summarise_audit
+from auditor.predict.heads import kfold_head_probabilities
+from auditor.predict.strategies import DEFAULT_STRATEGY, out_of_sample_probabilities
+
+SEARCH_LAYER = "pool"
+LAYER_LEVELS = 6
+DEFAULT_PARAMETERS: dict[str, Any] = {
+    "backbone": "auto",
+    "weights": "IMAGENET1K_V1",
+    "strategy": "auto",
+    "side": 32,
+    "folds": 4,
+    "seed": 0,
+    "k": 10,
+    "epochs": None,
+    "checks": {},
+}
+
+
+class AuditCancelled(Exception):
+    """The audit was cancelled; the worker stops between batches and leaves no partial results."""
+
+
+@dataclass
+class AuditContext:
+    factory: sessionmaker[Session]
+    settings: Settings
+    audit_id: int
+    dataset_id: int
+    source_uri: str
+    parameters: dict[str, Any]
+    artifacts: AuditArtifacts
+    report: Callable[[float], None] = field(default=lambda fraction: None)
+
+    def parameter(self, name: str) -> Any:
+        return self.parameters.get(name, DEFAULT_PARAMETERS[name])
+
+
+def pretrained_backbone(ctx: AuditContext) -> tuple[str, str] | None:
+    """(architecture, weights) of the pretrained model to embed with, or None to train one here."""
+    backbone, weights = ctx.parameter("backbone"), ctx.parameter("weights")
+    if backbone == "trained":
+        return None
+    if backbone == "auto":
+        return ("resnet18", weights) if hub_checkpoint_path("resnet18", weights).is_file() else None
+    return backbone, weights
+
+
+def ingest_stage(ctx: AuditContext) -> None:
+    with ctx.factory() as session:
+        table = load_image_table(session, ctx.dataset_id)
+    usable = [
+        i
+        for i, (status, label) in enumerate(zip(table.status, table.labels, strict=True))
+        if status == ImageStatus.OK and label is not None
+    ]
+    class_names = sorted({table.labels[i] for i in usable})
+    index_of = {name: n for n, name in enumerate(class_names)}
+    ctx.artifacts.save_arrays(
+        "ingest",
+        image_ids=table.ids[usable],
+        labels=np.array([index_of[table.labels[i]] for i in usable], dtype=np.int64),
+        class_names=np.array(class_names, dtype=str),
+    )
+
+
+def frozen_inputs(ctx: AuditContext) -> dict[str, np.ndarray]:
+    arrays = ctx.artifacts.load_arrays("ingest")
+    if arrays is None:
+        raise RuntimeError("the ingest checkpoint is missing")
+    return arrays
+
+
+def image_items(ctx: AuditContext, image_ids: np.ndarray) -> tuple[list[str], list[str]]:
+    """(sha256, path) of the frozen images, in checkpoint order."""
+    with ctx.factory() as session:
+        table = load_image_table(session, ctx.dataset_id)
+    position = {int(image_id): i for i, image_id in enumerate(table.ids)}
+    rows = [position[int(image_id)] for image_id in image_ids]
+    return [table.sha256[r] for r in rows], [table.paths[r] for r in rows]
+
+
+def embed_stage(ctx: AuditContext) -> None:
+    frozen = frozen_inputs(ctx)
+    shas, paths = image_items(ctx, frozen["image_ids"])
+    source = open_source(ctx.source_uri)
+    pretrained = pretrained_backbone(ctx)
+    if pretrained is None:
+        pixels, ok = load_pixels(
+            source,
+            paths,
+            ctx.parameter("side"),
+            ctx.settings.worker_count(),
+            ctx.settings.max_image_pixels,
+            progress=lambda done, total: ctx.report(done / max(total, 1)),
+        )
+        ctx.artifacts.save_arrays("embed", pixels=pixels, ok=ok)
+        return
+    backbone = build_backbone(*pretrained, typical_side=ctx.parameter("side"))
+    store = FeatureStore(ctx.settings.data_dir, backbone.identity)
+    embedded = embed_with_cache(
+        list(zip(shas, paths, strict=True)), source, backbone, store, progress=False
+    )
+    ok = np.ones(len(shas), dtype=bool)
+    ok[[failure.index for failure in embedded.failures]] = False
+    ctx.artifacts.save_arrays(
+        "embed", ok=ok, **{f"layer_{name}": v for name, v in embedded.features.items()}
+    )
+    ctx.artifacts.save_json("model", {"identity": backbone.identity.key})
+
+
+def predict_stage(ctx: AuditContext) -> None:
+    frozen = frozen_inputs(ctx)
+    embedded = ctx.artifacts.load_arrays("embed")
+    labels, n_classes = frozen["labels"], len(frozen["class_names"])
+    ok = embedded["ok"]
+    layer_features: dict[str, np.ndarray]
+    if "pixels" in embedded:
+        strategy = ctx.parameter("strategy")
+        result = out_of_sample_probabilities(
+            DEFAULT_STRATEGY if strategy == "auto" else strategy,
+            images=embedded["pixels"][ok],
+            labels=labels[ok],
+            n_classes=n_classes,
+            folds=ctx.parameter("folds"),
+            seed=ctx.parameter("seed"),
+            epochs=ctx.parameter("epochs"),
+        )
+        probabilities, layer_features = result.probabilities, result.layer_features
+    else:
+        layer_features = {
+            key.removeprefix("layer_"): value[ok]
+            for key, value in embedded.items()
+            if key.startswith("layer_")
+        }
+        probabilities = kfold_head_probabilities(
+            layer_features[SEARCH_LAYER],
+            labels[ok],
+            n_classes,
+            folds=ctx.parameter("folds"),
+            seed=ctx.parameter("seed"),
+        )
+    ctx.artifacts.save_arrays(
+        "predict",
+        ok=ok,
+        probabilities=probabilities,
+        layer_order=np.array(list(layer_features), dtype=str),
+        **{f"layer_{name}": v.astype(np.float32) for name, v in layer_features.items()},
+    )
+
+
+def predictions(ctx: AuditContext) -> dict[str, np.ndarray]:
+    arrays = ctx.artifacts.load_arrays("predict")
+    if arrays is None:
+        raise RuntimeError("the predict checkpoint is missing")
+    return arrays
+
+
+def index_stage(ctx: AuditContext) -> None:
+    predicted = predictions(ctx)
+    graph = knn_graph(predicted[f"layer_{SEARCH_LAYER}"], ctx.parameter("k"), progress=ctx.report)
+    ctx.artifacts.save_arrays("index", indices=graph.indices, similarities=graph.similarities)
+
+
+def hierarchy_stage(ctx: AuditContext) -> None:
+    """The Blocks views of this audit, stored as analyses the API and report serve."""
+    frozen, predicted = frozen_inputs(ctx), predictions(ctx)
+    ok = predicted["ok"]
+    labels, probabilities = frozen["labels"][ok], predicted["probabilities"]
+    class_names = [str(name) for name in frozen["class_names"]]
+    analyses = hierarchy_analyses(
+        probabilities,
+        labels,
+        class_names,
+        {str(name): predicted[f"layer_{name}"] for name in predicted["layer_order"]},
+        dataset_hierarchy(ctx),
+    )
+    ctx.artifacts.save_json("hierarchy", analyses)
+    with ctx.factory() as session, session.begin():
+        for name, payload in analyses.items():
+            session.merge(AuditAnalysis(audit_id=ctx.audit_id, name=name, payload=payload))
+
+
+def dataset_hierarchy(ctx: AuditContext) -> dict | None:
+    with ctx.factory() as session:
+        return session.get(Dataset, ctx.dataset_id).hierarchy
+
+
+def hierarchy_analyses(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    layer_features: dict[str, np.ndarray],
+    given_tree: dict | None,
+) -> dict[str, Any]:
+    if len(class_names) < 2:
+        return {}
+    learned = learn_hierarchy(probabilities, labels, class_names)
+    counts = confusion_counts(probabilities, labels, len(class_names))
+    blocks = find_blocks(learned.tree, counts, class_names)
+    analyses: dict[str, Any] = {
+        "hierarchy": hierarchy_payload(learned.tree, blocks),
+        "confusion": confusion_payload(counts, class_names, learned.tree, blocks),
+    }
+    if layer_features:
+        analyses["layers"] = layer_separability(
+            layer_features, labels, class_names, learned.tree, max_levels=LAYER_LEVELS
+        )
+    if given_tree is not None:
+        try:
+            tree = parse_hierarchy(given_tree, class_names)
+        except HierarchyError as exc:
+            analyses["comparison"] = {"error": str(exc)}
+        else:
+            analyses["comparison"] = compare_hierarchies(learned, tree).to_dict()
+    return analyses
+
+
+def check_inputs(ctx: AuditContext, session: Session) -> CheckInputs:
+    """Everything the checks read, aligned: model outputs cover the frozen images that loaded."""
+    frozen, predicted = frozen_inputs(ctx), predictions(ctx)
+    graph = ctx.artifacts.load_arrays("index")
+    table = load_image_table(session, ctx.dataset_id)
+    position = {int(image_id): i for i, image_id in enumerate(table.ids)}
+    ok = predicted["ok"]
+    rows = np.array([position[int(i)] for i in frozen["image_ids"][ok]], dtype=np.int64)
+    return CheckInputs(
+        dataset_id=ctx.dataset_id,
+        images=table,
+        class_names=[str(name) for name in frozen["class_names"]],
+        rows=rows,
+        labels=frozen["labels"][ok],
+        features=predicted[f"layer_{SEARCH_LAYER}"],
+        layer_features={str(name): predicted[f"layer_{name}"] for name in predicted["layer_order"]},
+        probabilities=predicted["probabilities"],
+        knn=KnnGraph(graph["indices"], graph["similarities"]),
+        hierarchy=ctx.artifacts.load_json("hierarchy") or None,
+    )
+
+
+def checks_stage(ctx: AuditContext) -> None:
+    with ctx.factory() as session, session.begin():
+        inputs = check_inputs(ctx, session)
+        settings = ctx.parameter("checks")
+        drafts, kinds = [], []
+        for stage in ("ingest", "audit"):
+            stage_drafts, stage_kinds = run_checks(inputs, stage, settings)
+            drafts += stage_drafts
+            kinds += stage_kinds
+        counts = save_findings(session, ctx.dataset_id, ctx.audit_id, drafts, kinds)
+    ctx.artifacts.save_json("checks", {"findings": dict(counts), "kinds": kinds})
+
+
+def summarise_stage(ctx: AuditContext) -> None:
+    with ctx.factory() as session:
+        inputs = check_inputs(ctx, session)
+    findings = Counter((ctx.artifacts.load_json("checks") or {}).get("findings", {}))
+    ctx.artifacts.save_json("summary", summarise_audit(inputs, findings))
+
+
+STAGES: list[tuple[str, Callable[[AuditContext], None]]] = [
+    ("ingest", ingest_stage),
+    ("embed", embed_stage),
+    ("predict", predict_stage),
+    ("index", index_stage),
+    ("hierarchy", hierarchy_stage),
+    ("checks", checks_stage),
+    ("summarise", summarise_stage),
+]

@@ -1,0 +1,136 @@
+"""The self-contained HTML report of one audit: summary, top findings with thumbnails, per-class
+table, and the hierarchy views where the audit has them. One file, no external assets, so it can be
+mailed or archived as it is."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from auditor.db.models import Audit, Dataset, Finding, FindingImage, Image
+from auditor.ingest.decode import UnreadableImage, decode_rgb
+from auditor.ingest.sources import PathRefused, Source, SourceError, open_source
+
+THUMB_SIDE = 96
+FINDINGS_PER_KIND = 12
+IMAGES_PER_FINDING = 4
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1b1b1b;padding:0 1rem}
+h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
+th{background:#f0f0f0}.num{text-align:right}.finding{display:flex;gap:1rem;align-items:flex-start;
+border:1px solid #ddd;border-radius:6px;padding:.5rem;margin:.5rem 0}.finding img{image-rendering:pixelated;
+border:1px solid #999}.meta{font-size:13px}.score{font-weight:600}.missing{width:96px;height:96px;
+background:#eee;display:flex;align-items:center;justify-content:center;font-size:11px;color:#555}
+"""
+
+
+def thumbnail_data_uri(source: Source | None, path: str) -> str | None:
+    if source is None:
+        return None
+    try:
+        image = decode_rgb(source.read_bytes(path))
+    except (UnreadableImage, OSError, PathRefused):
+        return None
+    scale = THUMB_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = image.resize(size, PILImage.NEAREST if scale > 1 else PILImage.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def finding_html(finding: Finding, images: list[Image], source: Source | None) -> str:
+    escape = html.escape
+    tiles = []
+    for image in images[:IMAGES_PER_FINDING]:
+        uri = thumbnail_data_uri(source, image.path) if image.status == "ok" else None
+        picture = (
+            f'<img src="{uri}" alt="{escape(image.path)}" width="{THUMB_SIDE}">'
+            if uri
+            else f'<div class="missing">{escape(image.status)}</div>'
+        )
+        tiles.append(f"<figure>{picture}<figcaption>{escape(image.path)}</figcaption></figure>")
+    evidence = finding.evidence or {}
+    reason = evidence.get("reason") or "; ".join(evidence.get("problems", [])) or ""
+    labels = f"given <b>{escape(finding.given_label or '-')}</b>"
+    if finding.suggested_label:
+        labels += f" &rarr; suggested <b>{escape(finding.suggested_label)}</b>"
+    return (
+        f'<div class="finding">{"".join(tiles)}<div class="meta">'
+        f'<div class="score">score {finding.score:.2f} &middot; {escape(finding.severity)}</div>'
+        f"<div>{labels}</div><div>{escape(str(reason))}</div></div></div>"
+    )
+
+
+def render_report(session: Session, audit_id: int, extra_sections: list[str] | None = None) -> str:
+    audit = session.get(Audit, audit_id)
+    dataset = session.get(Dataset, audit.dataset_id)
+    summary: dict[str, Any] = audit.summary or {}
+    try:
+        source: Source | None = open_source(dataset.source_uri)
+    except SourceError:
+        source = None
+    escape = html.escape
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Audit {audit.id}: {escape(dataset.name)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Audit {audit.id} of <i>{escape(dataset.name)}</i></h1>",
+        f"<p>Status {escape(audit.status)}; {summary.get('images', 0)} images, "
+        f"{summary.get('audited_images', 0)} audited, {summary.get('unusable_images', 0)} unusable. "
+        f"Health score <b>{summary.get('health_score', 0):.3f}</b> "
+        f"(label health {summary.get('label_health', 0):.3f}).</p>",
+        "<h2>Findings</h2><table><tr><th>kind</th><th class='num'>count</th></tr>",
+    ]
+    for kind, count in summary.get("findings", {}).items():
+        parts.append(f"<tr><td>{escape(kind)}</td><td class='num'>{count}</td></tr>")
+    parts.append("</table>")
+    parts += extra_sections or []
+    parts.append(
+        "<h2>Classes</h2><table><tr><th>class</th><th class='num'>images</th>"
+        "<th class='num'>estimated noise</th><th>labeled so, but probably</th></tr>"
+    )
+    for row in summary.get("classes", []):
+        confusions = ", ".join(
+            f"{escape(c['class'])} ({c['share']:.0%})" for c in row.get("top_confusions", [])
+        )
+        parts.append(
+            f"<tr><td>{escape(row['class'])}</td><td class='num'>{row['images']}</td>"
+            f"<td class='num'>{row['estimated_noise_rate']:.1%}</td><td>{confusions}</td></tr>"
+        )
+    parts.append("</table><h2>Top findings</h2>")
+    for kind in summary.get("findings", {}):
+        findings = session.scalars(
+            select(Finding)
+            .where(Finding.audit_id == audit_id, Finding.kind == kind)
+            .order_by(Finding.score.desc(), Finding.id)
+            .limit(FINDINGS_PER_KIND)
+        ).all()
+        if not findings:
+            continue
+        parts.append(f"<h3>{escape(kind)}</h3>")
+        for finding in findings:
+            images = session.scalars(
+                select(Image)
+                .join(FindingImage, FindingImage.image_id == Image.id)
+                .where(FindingImage.finding_id == finding.id)
+                .order_by(FindingImage.position)
+            ).all()
+            parts.append(finding_html(finding, list(images), source))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(session: Session, audit_id: int, data_dir: Path) -> Path:
+    target = Path(data_dir) / "reports" / f"audit-{audit_id}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_report(session, audit_id), encoding="utf-8")
+    return target

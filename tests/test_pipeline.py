@@ -1,0 +1,80 @@
+"""The whole audit in-process on a small planted dataset: real decoding, a real CNN trained for
+two epochs, a real FAISS graph, findings and analyses in SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from auditor.config import Settings
+from auditor.db.models import Audit, AuditAnalysis, Finding
+from auditor.db.queries import found_paths_by_kind
+from auditor.demo import build_demo_dataset
+from auditor.ingest.ingest import ingest
+from auditor.pipeline.audit import create_audit, run_audit
+from auditor.pipeline.stages import STAGES
+
+
+@pytest.fixture
+def audited(session_factory, tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", workers=1)
+    root = tmp_path / "digits"
+    planted = build_demo_dataset(root, per_class=16, mislabel_rate=0.1)
+    ingested = ingest(session_factory, "digits", root, settings)
+    audit_id = create_audit(
+        session_factory, ingested.dataset_id, {"epochs": 2, "backbone": "trained"}
+    )
+    audit = run_audit(session_factory, settings, audit_id)
+    return settings, planted, ingested, audit
+
+
+def test_audit_completes_with_findings_summary_and_analyses(session_factory, audited):
+    settings, planted, ingested, audit = audited
+    assert audit.status == "completed" and audit.progress == 1.0
+    assert list(audit.stage_timings) == [name for name, _ in STAGES]
+    summary = audit.summary
+    assert summary["audited_images"] == 10 * 16 + 5
+    assert summary["unusable_images"] == 1
+    assert {row["class"] for row in summary["classes"]} == {
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    }
+    assert 0.0 < summary["health_score"] <= 1.0
+    with session_factory() as session:
+        found = found_paths_by_kind(session, ingested.dataset_id, audit.id)
+        analyses = {
+            a.name: a.payload
+            for a in session.scalars(
+                select(AuditAnalysis).where(AuditAnalysis.audit_id == audit.id)
+            )
+        }
+    assert {frozenset(g) for g in found["exact_duplicate"]} == {
+        frozenset(g) for g in planted.exact_duplicates
+    }
+    assert found["unreadable"] == [planted.unreadable]
+    assert sum(summary["findings"].values()) == sum(len(v) for v in found.values())
+    hierarchy = analyses["hierarchy"]
+    assert sorted(hierarchy["order"]) == sorted(row["class"] for row in summary["classes"])
+    assert analyses["confusion"]["order"] == hierarchy["order"]
+    layers = analyses["layers"]
+    assert layers["layers"] == ["stem", "stage1", "stage2", "stage3", "pool"]
+    assert np.array(layers["separability"]).shape == (5, len(layers["levels"]))
+
+    # A re-run resumes from the checkpoints: nothing is recomputed or written twice.
+    with session_factory() as session:
+        before = session.scalar(select(func.count(Finding.id)).where(Finding.audit_id == audit.id))
+    again = run_audit(session_factory, settings, audit.id)
+    assert again.stage_timings == audit.stage_timings
+    with session_factory() as session:
+        after = session.scalar(select(func.count(Finding.id)).where(Finding.audit_id == audit.id))
+        assert session.get(Audit, audit.id).status == "completed"
+    assert before == after

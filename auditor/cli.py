@@ -18,16 +18,19 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import select
 
 from auditor.config import Settings, get_settings
 from auditor.db import migrate
-from auditor.db.models import Audit
+from auditor.db.models import Audit, Schedule
 from auditor.db.queries import found_paths_by_kind
 from auditor.db.session import make_engine, make_session_factory
 from auditor.demo import PlantedProblems, build_demo_dataset
 from auditor.ingest.ingest import IngestResult, ingest
 from auditor.ingest.sources import SourceError
 from auditor.pipeline.audit import create_audit, run_audit
+from auditor.pipeline.scheduler import ScheduleError, remove_schedule, set_schedule
+from auditor.pipeline.worker import Worker
 from auditor.report import write_report
 
 app = typer.Typer(help="Audit image-classification datasets for label errors and duplicates.")
@@ -35,6 +38,8 @@ db_app = typer.Typer(help="Database schema.")
 dataset_app = typer.Typer(help="Register and refresh datasets.")
 app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
+schedule_app = typer.Typer(help="Periodic audits.")
+app.add_typer(schedule_app, name="schedule")
 
 console = Console(stderr=True)
 
@@ -284,4 +289,66 @@ def print_planted_comparison(planted: PlantedProblems, found: dict[str, list[lis
         str(len(set(planted.mislabeled) & flagged)),
         str(len(flagged)),
     )
+    console.print(table)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="Exit when the queue is empty")] = False,
+    worker_id: Annotated[
+        str | None, typer.Option("--id", help="Worker name in the audit rows")
+    ] = None,
+) -> None:
+    """Claim queued audits from the database and run them until stopped (SIGTERM finishes the
+    current batch and hands the audit back)."""
+    settings = get_settings()
+    factory = session_factory(settings)
+    runner = Worker(factory, settings, worker_id)
+    runner.install_signal_handlers()
+    console.print(f"worker {runner.worker_id} polling {settings.database_url}")
+    done = runner.run_forever(exit_when_idle=once)
+    console.print(f"worker {runner.worker_id} stopped after {done} audit(s)")
+
+
+@schedule_app.command("set")
+def schedule_set(
+    dataset_id: int,
+    cron: Annotated[str | None, typer.Option(help="Cron expression, e.g. '0 3 * * 1'")] = None,
+    every: Annotated[int | None, typer.Option(help="Interval in seconds (at least 60)")] = None,
+) -> None:
+    """Audit a dataset periodically; workers enqueue at most one pending audit per dataset."""
+    try:
+        schedule = set_schedule(
+            session_factory(get_settings()), dataset_id, cron=cron, interval_seconds=every
+        )
+    except ScheduleError as exc:
+        fail(str(exc))
+        raise
+    console.print(f"dataset {dataset_id}: next audit at {schedule.next_run_at:%Y-%m-%d %H:%M} UTC")
+
+
+@schedule_app.command("remove")
+def schedule_remove(dataset_id: int) -> None:
+    """Stop auditing a dataset periodically."""
+    if not remove_schedule(session_factory(get_settings()), dataset_id):
+        fail(f"dataset {dataset_id} has no schedule")
+    console.print(f"dataset {dataset_id}: schedule removed")
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """Every schedule with its next run."""
+    factory = session_factory(get_settings())
+    table = Table(title="schedules")
+    for column in ("dataset", "cron", "every (s)", "next run (UTC)", "last enqueued"):
+        table.add_column(column)
+    with factory() as session:
+        for row in session.scalars(select(Schedule).order_by(Schedule.dataset_id)):
+            table.add_row(
+                str(row.dataset_id),
+                row.cron or "",
+                str(row.interval_seconds or ""),
+                f"{row.next_run_at:%Y-%m-%d %H:%M}",
+                f"{row.last_enqueued_at:%Y-%m-%d %H:%M}" if row.last_enqueued_at else "",
+            )
     console.print(table)

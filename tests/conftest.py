@@ -79,3 +79,32 @@ def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
     yield factory
     outer.rollback()
     connection.close()
+
+
+@pytest.fixture
+def committed_postgres_url(postgres_schema_url: str) -> Iterator[str]:
+    """A migrated schema of its own where code may commit and other processes may connect."""
+    schema = f"auditor_commit_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    migrate.upgrade(url)
+    yield url
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def committed_sqlite_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'committed.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def committed_url(request) -> str:
+    """A real database that several connections and processes share, on each backend."""
+    return request.getfixturevalue(f"committed_{request.param}_url")

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str) -> Engine:
-    """SQLite gets foreign keys, WAL and a busy timeout, so the API and a worker can share a file."""
+    """SQLite gets foreign keys, WAL, a busy timeout and write-locking transactions, so the API
+    and workers can share one file; production concurrency belongs to PostgreSQL."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -23,7 +24,9 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection) -> None:
-            connection.exec_driver_sql("BEGIN")
+            # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
+            # writes fails at once (no busy wait) when another writer committed in between.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -44,16 +44,28 @@ def create_audit(
         return audit.id
 
 
+class AuditInterrupted(Exception):
+    """The worker must stop this audit now: it is shutting down or lost the audit's lease."""
+
+
 class ProgressWriter:
-    """Writes stage progress and the heartbeat at most every HEARTBEAT_SECONDS, and raises
-    AuditCancelled when the audit row says it was cancelled."""
+    """Writes stage progress and the heartbeat at most every HEARTBEAT_SECONDS. Between batches it
+    raises AuditCancelled when the row says cancelled, and AuditInterrupted when `interrupted()`
+    says so or another worker has taken the audit over."""
 
     def __init__(
-        self, factory: sessionmaker[Session], audit_id: int, on_stage: StageCallback | None
+        self,
+        factory: sessionmaker[Session],
+        audit_id: int,
+        worker_id: str,
+        on_stage: StageCallback | None,
+        interrupted: Callable[[], str | None],
     ):
         self.factory = factory
         self.audit_id = audit_id
+        self.worker_id = worker_id
         self.on_stage = on_stage
+        self.interrupted = interrupted
         self.stage = ""
         self.base = 0.0
         self.share = 0.0
@@ -68,6 +80,9 @@ class ProgressWriter:
     def write(self, fraction: float, force: bool = False) -> None:
         if self.on_stage:
             self.on_stage(self.stage, fraction)
+        reason = self.interrupted()
+        if reason:
+            raise AuditInterrupted(reason)
         now = time.monotonic()
         if not force and now - self.last_write < HEARTBEAT_SECONDS:
             return
@@ -76,6 +91,8 @@ class ProgressWriter:
             audit = session.get(Audit, self.audit_id)
             if audit.status == AuditStatus.CANCELLED:
                 raise AuditCancelled(f"audit {self.audit_id} was cancelled")
+            if audit.worker_id != self.worker_id:
+                raise AuditInterrupted(f"audit {self.audit_id} was taken over by {audit.worker_id}")
             audit.stage = self.stage
             audit.progress = round(self.base + self.share * min(max(fraction, 0.0), 1.0), 4)
             audit.heartbeat_at = utcnow()
@@ -88,8 +105,11 @@ def run_audit(
     *,
     worker_id: str = "in-process",
     on_stage: StageCallback | None = None,
+    interrupted: Callable[[], str | None] = lambda: None,
+    record_failure: bool = True,
 ) -> Audit:
-    """Run (or resume) an audit to completion; failures are recorded on the row and re-raised."""
+    """Run (or resume) an audit to completion. A failure is recorded on the row (unless the caller,
+    a worker that retries, handles it) and re-raised."""
     with factory() as session, session.begin():
         audit = session.get(Audit, audit_id)
         dataset = session.get(Dataset, audit.dataset_id)
@@ -101,7 +121,7 @@ def run_audit(
         ctx_values = (audit.dataset_id, dataset.source_uri, dict(audit.parameters))
         done = dict(audit.stage_timings)
     artifacts = AuditArtifacts(settings.data_dir, audit_id)
-    progress = ProgressWriter(factory, audit_id, on_stage)
+    progress = ProgressWriter(factory, audit_id, worker_id, on_stage, interrupted)
     ctx = AuditContext(factory, settings, audit_id, *ctx_values, artifacts, report=progress.write)
     try:
         for index, (stage, run_stage) in enumerate(STAGES):
@@ -111,20 +131,25 @@ def run_audit(
             started = time.perf_counter()
             run_stage(ctx)
             done[stage] = round(time.perf_counter() - started, 3)
-            record_stage(factory, audit_id, done)
+            record_stage(factory, audit_id, worker_id, done)
         return complete_audit(factory, audit_id, artifacts.load_json("summary") or {})
-    except AuditCancelled:
+    except (AuditCancelled, AuditInterrupted):
         raise
     except Exception as exc:
-        fail_audit(factory, audit_id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        if record_failure:
+            fail_audit(factory, audit_id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         raise
 
 
-def record_stage(factory: sessionmaker[Session], audit_id: int, timings: dict) -> None:
+def record_stage(
+    factory: sessionmaker[Session], audit_id: int, worker_id: str, timings: dict
+) -> None:
     with factory() as session, session.begin():
         audit = session.get(Audit, audit_id)
         if audit.status == AuditStatus.CANCELLED:
             raise AuditCancelled(f"audit {audit_id} was cancelled")
+        if audit.worker_id != worker_id:
+            raise AuditInterrupted(f"audit {audit_id} was taken over by {audit.worker_id}")
         audit.stage_timings = dict(timings)
         audit.heartbeat_at = utcnow()
 

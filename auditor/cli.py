@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -79,13 +79,22 @@ def progress_bar(quiet: bool) -> Progress:
     )
 
 
-def run_ingest(
-    name: str,
-    source: Path,
-    labels: Path | None,
-    classes: Path | None,
-    quiet: bool,
-) -> IngestResult:
+class SourceFiles(NamedTuple):
+    """The optional files that travel with a source."""
+
+    labels: Path | None = None
+    classes: Path | None = None
+    hierarchy: Path | None = None
+
+
+LabelsOption = Annotated[Path | None, typer.Option(help="CSV/JSONL of path,label to apply")]
+ClassesOption = Annotated[Path | None, typer.Option(help="Class list, one name per line")]
+HierarchyOption = Annotated[
+    Path | None, typer.Option(help="Class tree: JSON {name, children} or class,parent CSV")
+]
+
+
+def run_ingest(name: str, source: Path, files: SourceFiles, quiet: bool) -> IngestResult:
     settings = get_settings()
     factory = session_factory(settings)
     with progress_bar(quiet) as progress:
@@ -95,7 +104,16 @@ def run_ingest(
             progress.update(task, completed=done, total=total)
 
         try:
-            return ingest(factory, name, source, settings, labels, classes, progress=report)
+            return ingest(
+                factory,
+                name,
+                source,
+                settings,
+                files.labels,
+                files.classes,
+                progress=report,
+                hierarchy_file=files.hierarchy,
+            )
         except SourceError as exc:
             fail(str(exc))
             raise
@@ -124,12 +142,13 @@ def db_upgrade() -> None:
 def dataset_add(
     name: str,
     source: Annotated[Path, typer.Argument(help="Folder, .csv/.jsonl manifest, or .zip/.tar")],
-    labels: Annotated[Path | None, typer.Option(help="CSV/JSONL of path,label to apply")] = None,
-    classes: Annotated[Path | None, typer.Option(help="Class list, one name per line")] = None,
+    labels: LabelsOption = None,
+    classes: ClassesOption = None,
+    hierarchy: HierarchyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Register a dataset (or refresh it: only new or changed files are decoded)."""
-    result = run_ingest(name, source, labels, classes, quiet=as_json)
+    result = run_ingest(name, source, SourceFiles(labels, classes, hierarchy), quiet=as_json)
     if as_json:
         print(
             json.dumps(
@@ -156,14 +175,13 @@ def dataset_add(
 def run_full_audit(
     name: str,
     source: Path,
-    labels: Path | None,
-    classes: Path | None,
+    files: SourceFiles,
     parameters: dict,
     quiet: bool,
 ) -> tuple[IngestResult, Audit, Path]:
     """Ingest (incrementally), audit in this process, write the report."""
     settings = get_settings()
-    ingested = run_ingest(name, source, labels, classes, quiet)
+    ingested = run_ingest(name, source, files, quiet)
     factory = session_factory(settings)
     audit_id = create_audit(factory, ingested.dataset_id, parameters)
     with progress_bar(quiet) as progress:
@@ -212,8 +230,9 @@ EpochsOption = Annotated[int | None, typer.Option(help="Ceiling on CNN training 
 @app.command()
 def run(
     source: Annotated[Path, typer.Argument(help="Folder, .csv/.jsonl manifest, or .zip/.tar")],
-    labels: Annotated[Path | None, typer.Option(help="CSV/JSONL of path,label to apply")] = None,
-    classes: Annotated[Path | None, typer.Option(help="Class list, one name per line")] = None,
+    labels: LabelsOption = None,
+    classes: ClassesOption = None,
+    hierarchy: HierarchyOption = None,
     name: Annotated[str | None, typer.Option(help="Dataset name (default: the source's)")] = None,
     backbone: BackboneOption = "auto",
     epochs: EpochsOption = None,
@@ -222,7 +241,11 @@ def run(
     """One-shot audit of a folder, manifest or archive on the configured database."""
     dataset_name = name or source.resolve().name
     ingested, audit, report_path = run_full_audit(
-        dataset_name, source, labels, classes, audit_parameters(backbone, epochs), as_json
+        dataset_name,
+        source,
+        SourceFiles(labels, classes, hierarchy),
+        audit_parameters(backbone, epochs),
+        as_json,
     )
     if as_json:
         print(
@@ -253,7 +276,7 @@ def demo(
     planted = build_demo_dataset(root, per_class=per_class)
     console.print(f"demo dataset written to {root}")
     ingested, audit, report_path = run_full_audit(
-        "demo", root, None, None, audit_parameters(backbone, epochs), quiet=False
+        "demo", root, SourceFiles(), audit_parameters(backbone, epochs), quiet=False
     )
     print_audit_summary(audit)
     factory = session_factory(settings)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from auditor.config import Settings
-from auditor.db.models import Class, Finding, FindingImage, Image, Label
+from auditor.db.models import Class, Dataset, Finding, FindingImage, Image, Label
 from auditor.ingest.ingest import ingest
 from auditor.ingest.sources import SourceError
 from tests.corpus import EXPECTED, encode, noise_image, write_hostile_corpus
@@ -253,3 +253,31 @@ def test_one_class_dataset_and_empty_folder(session_factory, tmp_path):
     bad_manifest.write_text("file,label\na.png,cat\n")
     with pytest.raises(SourceError, match="'path' column"):
         ingest(session_factory, "bad", bad_manifest, SETTINGS)
+
+
+def test_given_hierarchy_is_validated_before_anything_is_written(session_factory, tmp_path):
+    root = tmp_path / "pets"
+    for label in ("cat", "dog", "truck"):
+        (root / label).mkdir(parents=True)
+        (root / label / "0.png").write_bytes(
+            encode(noise_image(len(label) * 7 + ord(label[0])), "PNG")
+        )
+    cyclic = tmp_path / "cyclic.csv"
+    cyclic.write_text(
+        "class,parent\ncat,animal\ndog,animal\ntruck,vehicle\nanimal,vehicle\nvehicle,animal\n"
+    )
+    with pytest.raises(SourceError, match="cycle"):
+        ingest(session_factory, "pets", root, SETTINGS, hierarchy_file=cyclic)
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("class,parent\ncat,animal\ndog,animal\ntruck,vehicle\nzebra,animal\n")
+    with pytest.raises(SourceError, match="zebra"):
+        ingest(session_factory, "pets", root, SETTINGS, hierarchy_file=unknown)
+    with session_factory() as session:
+        assert session.scalar(select(func.count(Image.id))) == 0
+
+    good = tmp_path / "good.csv"
+    good.write_text("class,parent\ncat,animal\ndog,animal\ntruck,vehicle\n")
+    result = ingest(session_factory, "pets", root, SETTINGS, hierarchy_file=good)
+    with session_factory() as session:
+        tree = session.get(Dataset, result.dataset_id).hierarchy
+    assert {child["name"] for child in tree["children"]} == {"animal", "vehicle"}

@@ -200,9 +200,18 @@ def predictions(ctx: AuditContext) -> dict[str, np.ndarray]:
     return arrays
 
 
+def search_vectors(features: np.ndarray) -> np.ndarray:
+    """Centred, then L2-normalised: post-ReLU features all point into one orthant, where every
+    pair looks similar; centring spreads them so cosine similarity separates copies from kin."""
+    centred = features - features.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return (centred / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def index_stage(ctx: AuditContext) -> None:
     predicted = predictions(ctx)
-    graph = knn_graph(predicted[f"layer_{SEARCH_LAYER}"], ctx.parameter("k"), progress=ctx.report)
+    vectors = search_vectors(predicted[f"layer_{SEARCH_LAYER}"])
+    graph = knn_graph(vectors, ctx.parameter("k"), progress=ctx.report)
     ctx.artifacts.save_arrays("index", indices=graph.indices, similarities=graph.similarities)
 
 

@@ -38,7 +38,8 @@ class ImageTable:
 class CheckInputs:
     """What checks read. The model outputs (`features`, `probabilities`, `knn`) describe only the
     usable images: row j of each array is image position `rows[j]` in `images`, and `labels[j]` is
-    its given label as an index into `class_names` (-1 when it has none)."""
+    its given label as an index into `class_names` (-1 when it has none). `knn` links semantic
+    neighbours; `copy_knn`, when present, links candidate copies for the duplicate checks."""
 
     dataset_id: int
     images: ImageTable
@@ -50,6 +51,7 @@ class CheckInputs:
     layer_features: dict[str, np.ndarray] | None = None
     probabilities: np.ndarray | None = None
     knn: Any = None
+    copy_knn: Any = None
     hierarchy: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -53,9 +53,10 @@ def duplicate_groups(
     similarity: dict[tuple[int, int], float] = {}
     hashes = [inputs.images.phash[r] for r in inputs.rows]
     digests = [inputs.images.sha256[r] for r in inputs.rows]
-    if inputs.knn is not None:
+    graph = inputs.copy_knn if inputs.copy_knn is not None else inputs.knn
+    if graph is not None:
         for row, (neighbours, sims) in enumerate(
-            zip(inputs.knn.indices, inputs.knn.similarities, strict=True)
+            zip(graph.indices, graph.similarities, strict=True)
         ):
             for other, sim in zip(neighbours, sims, strict=True):
                 if other < 0:
@@ -115,7 +116,8 @@ class DuplicateGroupCheck(Check):
     """Shared settings and grouping; subclasses decide which groups are their kind of problem."""
 
     requires = ("knn",)
-    defaults = {"threshold": 0.95, "phash_max": 4}
+    # 0.96: best F1 for copies under flips, crops and recompression (bench/duplicates.py).
+    defaults = {"threshold": 0.96, "phash_max": 4}
 
     def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:
         """Finding fields for a group that is this kind of problem, else None."""

@@ -52,3 +52,20 @@ def load_pixels(
         else:
             pixels[index] = array
     return pixels, ok
+
+
+def duplicate_descriptor(pixels: np.ndarray, side: int = 8) -> np.ndarray:
+    """A copy-detection vector per image: an 8x8 colour thumbnail split into its mirror-symmetric
+    part and the magnitude of its antisymmetric part, so an image and its mirror get the same
+    vector. A CNN trained here to classify pulls every image of a class together, which is what
+    mislabel detection wants and copy detection does not (see bench/duplicates.py)."""
+    small = np.stack(
+        [
+            np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), np.float32)
+            for image in pixels
+        ]
+    )
+    mirrored = small[:, :, ::-1]
+    return np.concatenate([(small + mirrored) / 2, np.abs(small - mirrored)], axis=1).reshape(
+        len(pixels), -1
+    )

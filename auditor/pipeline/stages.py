@@ -25,7 +25,7 @@ from auditor.db.findings import save_findings
 from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
 from auditor.embed.backbones import build_backbone
 from auditor.embed.cache import FeatureStore, embed_with_cache
-from auditor.embed.pixels import load_pixels
+from auditor.embed.pixels import duplicate_descriptor, load_pixels
 from auditor.embed.weights import hub_checkpoint_path
 from auditor.hierarchy import (
     HierarchyError,
@@ -209,10 +209,26 @@ def search_vectors(features: np.ndarray) -> np.ndarray:
 
 
 def index_stage(ctx: AuditContext) -> None:
+    """Two graphs: semantic neighbours (the model's search vectors) for mislabels and outliers,
+    and copy neighbours for duplicates (the same vectors for a pretrained backbone; a thumbnail
+    descriptor when the CNN was trained here and groups a class too tightly)."""
     predicted = predictions(ctx)
     vectors = search_vectors(predicted[f"layer_{SEARCH_LAYER}"])
-    graph = knn_graph(vectors, ctx.parameter("k"), progress=ctx.report)
-    ctx.artifacts.save_arrays("index", indices=graph.indices, similarities=graph.similarities)
+    graph = knn_graph(vectors, ctx.parameter("k"), progress=lambda f: ctx.report(f / 2))
+    embedded = ctx.artifacts.load_arrays("embed")
+    copies = graph
+    if "pixels" in embedded:
+        descriptor = search_vectors(duplicate_descriptor(embedded["pixels"][predicted["ok"]]))
+        copies = knn_graph(
+            descriptor, ctx.parameter("k"), progress=lambda f: ctx.report(0.5 + f / 2)
+        )
+    ctx.artifacts.save_arrays(
+        "index",
+        indices=graph.indices,
+        similarities=graph.similarities,
+        copy_indices=copies.indices,
+        copy_similarities=copies.similarities,
+    )
 
 
 def hierarchy_stage(ctx: AuditContext) -> None:
@@ -287,6 +303,7 @@ def check_inputs(ctx: AuditContext, session: Session) -> CheckInputs:
         layer_features={str(name): predicted[f"layer_{name}"] for name in predicted["layer_order"]},
         probabilities=predicted["probabilities"],
         knn=KnnGraph(graph["indices"], graph["similarities"]),
+        copy_knn=KnnGraph(graph["copy_indices"], graph["copy_similarities"]),
         hierarchy=ctx.artifacts.load_json("hierarchy") or None,
     )
 

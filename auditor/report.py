@@ -14,7 +14,8 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from auditor.db.models import Audit, Dataset, Finding, FindingImage, Image
+from auditor.db.models import Audit, AuditAnalysis, Dataset, Finding, FindingImage, Image
+from auditor.hierarchy.plots import plot_confusion, plot_layer_separability
 from auditor.ingest.decode import UnreadableImage, decode_rgb
 from auditor.ingest.sources import PathRefused, Source, SourceError, open_source
 
@@ -71,7 +72,45 @@ def finding_html(finding: Finding, images: list[Image], source: Source | None) -
     )
 
 
-def render_report(session: Session, audit_id: int, extra_sections: list[str] | None = None) -> str:
+def hierarchy_sections(session: Session, audit_id: int) -> list[str]:
+    """The Blocks views: the hierarchy-ordered confusion heatmap and layer separability chart."""
+    analyses = {
+        a.name: a.payload
+        for a in session.scalars(select(AuditAnalysis).where(AuditAnalysis.audit_id == audit_id))
+    }
+    sections = []
+    if "confusion" in analyses:
+        hierarchy = analyses.get("hierarchy", {})
+        png = plot_confusion(analyses["confusion"], hierarchy.get("tree"))
+        blocks = "; ".join(
+            ", ".join(map(html.escape, block)) for block in hierarchy.get("blocks", [])
+        )
+        sections.append(
+            "<h2>Class hierarchy</h2><p>Confusions (given label by row, predicted by column) in the "
+            "order of the class tree learned from them; outlined blocks are groups of classes "
+            f"the model mixes up among themselves. Blocks: {blocks or 'none'}.</p>"
+            f'<img alt="hierarchy-ordered confusion matrix" style="max-width:100%" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        )
+    if "layers" in analyses:
+        png = plot_layer_separability(analyses["layers"])
+        sections.append(
+            "<h2>Layer separability</h2><p>How well each layer separates the groups at each level "
+            "of the tree: coarse groups separate in earlier layers than single classes.</p>"
+            f'<img alt="layer separability chart" style="max-width:100%" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        )
+    if "comparison" in analyses and "cophenetic_correlation" in analyses["comparison"]:
+        comparison = analyses["comparison"]
+        sections.append(
+            "<h2>Given hierarchy</h2><p>Agreement with the learned tree (cophenetic correlation): "
+            f"{comparison['cophenetic_correlation']:.3f}; "
+            f"{len(comparison['disagreements'])} classes placed differently.</p>"
+        )
+    return sections
+
+
+def render_report(session: Session, audit_id: int) -> str:
     audit = session.get(Audit, audit_id)
     dataset = session.get(Dataset, audit.dataset_id)
     summary: dict[str, Any] = audit.summary or {}
@@ -93,7 +132,7 @@ def render_report(session: Session, audit_id: int, extra_sections: list[str] | N
     for kind, count in summary.get("findings", {}).items():
         parts.append(f"<tr><td>{escape(kind)}</td><td class='num'>{count}</td></tr>")
     parts.append("</table>")
-    parts += extra_sections or []
+    parts += hierarchy_sections(session, audit_id)
     parts.append(
         "<h2>Classes</h2><table><tr><th>class</th><th class='num'>images</th>"
         "<th class='num'>estimated noise</th><th>labeled so, but probably</th></tr>"

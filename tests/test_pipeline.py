@@ -78,3 +78,24 @@ def test_audit_completes_with_findings_summary_and_analyses(session_factory, aud
         after = session.scalar(select(func.count(Finding.id)).where(Finding.audit_id == audit.id))
         assert session.get(Audit, audit.id).status == "completed"
     assert before == after
+
+
+def test_backbone_path_embeds_once_and_reuses_the_feature_cache(session_factory, tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", workers=1)
+    root = tmp_path / "digits"
+    build_demo_dataset(root, per_class=6)
+    dataset_id = ingest(session_factory, "digits", root, settings).dataset_id
+    parameters = {"backbone": "resnet18", "weights": "none"}
+    first = run_audit(
+        session_factory, settings, create_audit(session_factory, dataset_id, parameters)
+    )
+    assert first.status == "completed"
+    stores = list((tmp_path / "data" / "features").iterdir())
+    assert len(stores) == 1 and stores[0].name.startswith("resnet18-none-r32")
+    shards = sorted(p.name for p in (stores[0] / "pool").iterdir())
+    second = run_audit(
+        session_factory, settings, create_audit(session_factory, dataset_id, parameters)
+    )
+    assert second.status == "completed"
+    assert sorted(p.name for p in (stores[0] / "pool").iterdir()) == shards
+    assert second.summary["findings"]["exact_duplicate"] == 5

@@ -116,7 +116,8 @@ class DuplicateGroupCheck(Check):
     """Shared settings and grouping; subclasses decide which groups are their kind of problem."""
 
     requires = ("knn",)
-    # 0.96: best F1 for copies under flips, crops and recompression (bench/duplicates.py).
+    # 0.96: precision 0.92 on CIFAR copies under mirrors, crops and recompression, keeping more
+    # crop recall than 0.97 (bench/duplicates.py, BENCHMARKS.md).
     defaults = {"threshold": 0.96, "phash_max": 4}
 
     def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:

@@ -23,8 +23,9 @@ from auditor.checks import CheckInputs, run_checks
 from auditor.config import Settings
 from auditor.db.findings import save_findings
 from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
-from auditor.embed.backbones import build_backbone
 from auditor.embed.cache import FeatureStore, embed_with_cache
+from auditor.embed.distributed import BackboneSpec, embed_with_ray
+from auditor.embed.extract import resolve_device
 from auditor.embed.pixels import duplicate_descriptor, load_pixels
 from auditor.embed.weights import hub_checkpoint_path
 from auditor.hierarchy import (
@@ -140,11 +141,16 @@ def embed_stage(ctx: AuditContext) -> None:
         )
         ctx.artifacts.save_arrays("embed", pixels=pixels, ok=ok)
         return
-    backbone = build_backbone(*pretrained, typical_side=ctx.parameter("side"))
+    spec = BackboneSpec(*pretrained, typical_side=ctx.parameter("side"))
+    backbone = spec.build(resolve_device(ctx.settings.device))
     store = FeatureStore(ctx.settings.data_dir, backbone.identity)
-    embedded = embed_with_cache(
-        list(zip(shas, paths, strict=True)), source, backbone, store, progress=False
-    )
+    items = list(zip(shas, paths, strict=True))
+    if ctx.settings.ray_address:
+        embedded = embed_with_ray(
+            items, source, spec, store, address=ctx.settings.ray_address, progress=False
+        )
+    else:
+        embedded = embed_with_cache(items, source, backbone, store, progress=False)
     ok = np.ones(len(shas), dtype=bool)
     ok[[failure.index for failure in embedded.failures]] = False
     ctx.artifacts.save_arrays(

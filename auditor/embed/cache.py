@@ -30,6 +30,7 @@ import numpy as np
 
 from auditor.embed.backbones import Backbone, ModelIdentity
 from auditor.embed.extract import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Failure, iter_embedded
+from auditor.embed.weights import file_sha256
 from auditor.ingest.sources import Source
 
 KEYS = "_keys"
@@ -78,14 +79,6 @@ def array_bytes(array: np.ndarray) -> bytes:
 
 def digest_keys(shas: Sequence[str]) -> np.ndarray:
     return np.array([bytes.fromhex(sha) for sha in shas], dtype="S32")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class FeatureStore:
@@ -292,7 +285,22 @@ def embed_with_cache(
             flush()
     flush()
 
-    features = store.read(shas, {layer: backbone.layer_dims[layer] for layer in wanted})
+    return read_embeddings(store, backbone, items, wanted, failed, len(misses), cached)
+
+
+def read_embeddings(
+    store: FeatureStore,
+    backbone: Backbone,
+    items: Sequence[tuple[str, str]],
+    layers: Sequence[str],
+    failed: dict[str, str],
+    attempted: int,
+    cached: np.ndarray,
+) -> Embeddings:
+    """The vectors of every item, read back from the store, with the failures by item position."""
+    features = store.read(
+        [sha for sha, _ in items], {name: backbone.layer_dims[name] for name in layers}
+    )
     failures = [
         Failure(index, sha, path, failed[sha])
         for index, (sha, path) in enumerate(items)
@@ -301,6 +309,6 @@ def embed_with_cache(
     return Embeddings(
         features=features,
         failures=failures,
-        embedded=len(misses) - len(failed),
+        embedded=attempted - len(failed),
         reused=int(cached.sum()),
     )

@@ -22,7 +22,7 @@ import torch
 
 from auditor.config import get_settings
 from auditor.embed.backbones import Backbone, ModelIdentity, Preprocess, build_backbone
-from auditor.embed.cache import DEFAULT_SHARD_ROWS, Embeddings, FeatureStore
+from auditor.embed.cache import DEFAULT_SHARD_ROWS, Embeddings, FeatureStore, read_embeddings
 from auditor.embed.extract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PIXELS,
@@ -194,18 +194,7 @@ def embed_with_ray(
                 max_pixels=max_pixels,
             )
 
-    features = store.read(shas, {layer: backbone.layer_dims[layer] for layer in wanted})
-    failures = [
-        Failure(index, sha, path, failed[sha])
-        for index, (sha, path) in enumerate(items)
-        if sha in failed
-    ]
-    return Embeddings(
-        features=features,
-        failures=failures,
-        embedded=len(first_path) - len(failed),
-        reused=int(cached.sum()),
-    )
+    return read_embeddings(store, backbone, items, wanted, failed, len(first_path), cached)
 
 
 def run_on_cluster(

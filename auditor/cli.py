@@ -375,3 +375,86 @@ def schedule_list() -> None:
                 f"{row.last_enqueued_at:%Y-%m-%d %H:%M}" if row.last_enqueued_at else "",
             )
     console.print(table)
+
+
+apikey_app = typer.Typer(help="API keys for the REST API.")
+app.add_typer(apikey_app, name="apikey")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    scope: Annotated[str, typer.Option(help="read, review or admin")],
+    dataset: Annotated[int | None, typer.Option(help="Limit the key to this dataset")] = None,
+    vendor: Annotated[
+        str | None, typer.Option(help="Limit the key to one vendor's images (needs --dataset)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A note on whose key this is")] = None,
+) -> None:
+    """Create an API key; it is shown once, on the last line."""
+    from auditor.auth import create_api_key
+
+    if scope not in ("read", "review", "admin"):
+        fail("--scope must be read, review or admin")
+    factory = session_factory(get_settings())
+    try:
+        with factory() as session, session.begin():
+            key, token = create_api_key(session, scope, dataset, vendor, name)
+            key_id = key.id
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+        raise
+    console.print(f"API key {key_id} ({scope}); store it now, it is not shown again:")
+    print(token)
+
+
+@app.command()
+def export(
+    audit_id: int,
+    format: Annotated[
+        str, typer.Option("--format", help="csv, json, labelstudio, manifest or fiftyone")
+    ] = "csv",
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write")] = Path(
+        "export.csv"
+    ),
+) -> None:
+    """Write an audit's findings (or a corrected manifest) to a file."""
+    from auditor.export import export_audit
+    from auditor.services import ServiceError
+
+    factory = session_factory(get_settings())
+    try:
+        with factory() as session:
+            result = export_audit(session, audit_id, format)
+    except (ServiceError, LookupError) as exc:
+        fail(str(exc))
+        raise
+    output.write_bytes(result.content)
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface; non-loopback needs AUDITOR_AUTH=1")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="No in-process worker")] = False,
+) -> None:
+    """The REST API (and, unless --no-worker, an in-process audit worker)."""
+    import uvicorn
+
+    from api.app import bind_host, create_app
+    from api.worker_thread import start_worker_thread
+
+    settings = get_settings()
+    try:
+        host = bind_host(settings, host)
+    except ValueError as exc:
+        fail(str(exc))
+    factory = session_factory(settings)
+    worker_ = None if no_worker else start_worker_thread(factory, settings)
+    try:
+        uvicorn.run(create_app(settings, factory, dispatch_webhooks=True), host=host, port=port)
+    finally:
+        if worker_ is not None:
+            worker_.stopping.set()

@@ -1,0 +1,255 @@
+"""Request and response bodies, all in one place so the OpenAPI document has one vocabulary.
+Response models allow extra fields: the DESIGN contract names the fields tools rely on, and
+more may be added without breaking them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_ID = 2**31 - 1
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+PathText = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=NO_NUL)]
+Comment = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# SQLite hands datetimes back without a zone; they are UTC, and RFC 3339 needs the offset.
+Timestamp = Annotated[
+    datetime, AfterValidator(lambda value: value if value.tzinfo else value.replace(tzinfo=UTC))
+]
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    source_uri: PathText = Field(description="Absolute path on the server, under a source root")
+    labels_uri: PathText | None = None
+    classes_uri: PathText | None = None
+
+
+class DatasetOut(Out):
+    id: int
+    name: str
+    source_uri: str
+    source_kind: str
+    images: int
+    classes: list[str]
+    class_list: list[str] | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class DatasetList(Out):
+    items: list[DatasetOut]
+
+
+class IngestOut(Out):
+    dataset_id: int
+    images: int
+    decoded: int
+    skipped_unchanged: int
+    findings: dict[str, int]
+
+
+class DatasetCreated(Out):
+    dataset: DatasetOut
+    ingest: IngestOut
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels_uri: PathText | None = Field(
+        default=None, description="A `path,label,vendor,batch` file to apply"
+    )
+
+
+class BatchOut(Out):
+    id: int
+    vendor: str
+    name: str
+    created_at: Timestamp
+
+
+class BatchesOut(Out):
+    ingest: IngestOut
+    items: list[BatchOut]
+
+
+class AuditCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditOut(Out):
+    id: int
+    dataset_id: int
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    stage: str | None
+    progress: float
+    findings: dict[str, int]
+    error: str | None
+
+
+class FindingOut(Out):
+    id: int
+    kind: str
+    image_ids: list[int]
+    images: list[str]
+    given_label: str | None
+    suggested_label: str | None
+    score: float
+    is_issue: bool
+    severity: str
+    status: Literal["open", "confirmed", "dismissed", "relabeled"]
+    evidence: dict[str, Any]
+    version: int
+
+
+class FindingList(Out):
+    items: list[FindingOut]
+    next_cursor: str | None
+    counts: dict[str, int] | None = Field(
+        description="Findings per kind under the other filters; on the first page only"
+    )
+
+
+class ReviewRecord(Out):
+    id: int
+    action: str
+    new_label: str | None
+    comment: str | None
+    reviewer: str | None
+    created_at: Timestamp
+
+
+class FindingDetail(FindingOut):
+    reviews: list[ReviewRecord]
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["confirm", "dismiss", "relabel", "reopen", "comment"]
+    version: Id | None = Field(
+        default=None, description="The version you reviewed (or send If-Match)"
+    )
+    new_label: Name | None = None
+    comment: Comment | None = None
+    reviewer: Name | None = None
+
+
+class ReviewOut(Out):
+    finding: FindingOut
+    review: ReviewRecord
+
+
+class ClassesOut(Out):
+    items: list[dict[str, Any]]
+    label_health: float | None
+    health_score: float | None
+
+
+class HierarchyOut(Out):
+    order: list[str]
+    tree: dict[str, Any]
+    blocks: list[list[str]]
+
+
+class ConfusionOut(Out):
+    order: list[str]
+    matrix: list[list[int]]
+    blocks: list[list[str]]
+
+
+class LayersOut(Out):
+    layers: list[str]
+    levels: list[Any]
+    separability: list[list[float | None]]
+
+
+class VendorOut(Out):
+    vendor: str
+    images: int
+    estimated_error_rate: float
+    ci_low: float
+    ci_high: float
+    confirmed_error_rate: float | None
+
+
+class VendorsOut(Out):
+    items: list[VendorOut]
+
+
+class Neighbour(Out):
+    image_id: int
+    path: str
+    label: str
+    similarity: float
+
+
+class Duplicate(Out):
+    image_id: int
+    path: str
+    reason: Literal["sha256", "phash", "similarity"]
+
+
+class CheckOut(Out):
+    audit_id: int | None
+    model_available: bool
+    label: str
+    label_quality: float | None
+    suggested_label: str | None
+    neighbours: list[Neighbour]
+    duplicate: bool
+    duplicates: list[Duplicate]
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=NO_NUL)]
+    events: list[Literal["audit.completed", "audit.failed", "finding.reviewed"]] = Field(
+        min_length=1
+    )
+    dataset_id: Id | None = None
+
+
+class WebhookOut(Out):
+    id: int
+    url: str
+    events: list[str]
+    dataset_id: int | None
+    active: bool
+    created_at: Timestamp
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="HMAC-SHA256 key of the X-Auditor-Signature header; shown once")
+
+
+class WebhookList(Out):
+    items: list[WebhookOut]
+
+
+class DeliveryOut(Out):
+    id: int
+    event: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: Timestamp
+    delivered_at: Timestamp | None
+
+
+class DeliveryList(Out):
+    items: list[DeliveryOut]
+
+
+class Health(Out):
+    status: Literal["ok"]
+    database: Literal["ok"]

@@ -1,0 +1,262 @@
+"""The check a labeling tool runs before accepting a label: how plausible is this label for this
+image, what would the model suggest, which stored images is it nearest, and is it a duplicate?
+
+Answers come from the dataset's latest completed audit: its out-of-sample probabilities for an
+image it audited, and a FAISS index over its stored search-layer vectors for neighbours. An
+uploaded image needs a vector from the same model; `embedder_for_audit` provides one when the
+audit used a pretrained backbone. A CNN trained during the audit is not saved, so then the check
+answers from hashes alone (SHA-256 and perceptual hash) and says `model_available: false`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import imagehash
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from auditor.config import Settings
+from auditor.db.models import Audit, Image, ImageStatus
+from auditor.embed.backbones import SEARCH_LAYER, Backbone, build_backbone
+from auditor.index import VectorIndex
+from auditor.ingest.decode import UnreadableImage, decode_rgb
+from auditor.pipeline.artifacts import AuditArtifacts
+from auditor.pipeline.stages import DEFAULT_PARAMETERS
+from auditor.services import Invalid, NotFound
+from auditor.services.audits import latest_completed_audit
+from auditor.services.images import original
+
+NEAR_DUPLICATE_SIMILARITY = 0.95
+PHASH_NEAR = 4
+NEIGHBOURS = 5
+KNN_TEMPERATURE = 0.05
+
+Embedder = Callable[[PILImage.Image], np.ndarray]
+
+
+@dataclass
+class AuditModel:
+    """What one audit left on disk that the check needs, loaded once and kept."""
+
+    audit_id: int
+    image_ids: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    probabilities: np.ndarray
+    index: VectorIndex
+    row_of: dict[int, int]
+
+
+_models: dict[tuple[str, float], AuditModel] = {}
+_models_lock = threading.Lock()
+
+
+def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
+    """The audit's frozen rows, probabilities and index, or None when its outputs are gone."""
+    artifacts = AuditArtifacts(settings.data_dir, audit_id)
+    predict_path = artifacts.path("predict.npz")
+    try:
+        stamp = (str(predict_path), predict_path.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+    with _models_lock:
+        if stamp in _models:
+            return _models[stamp]
+    frozen, predicted = artifacts.load_arrays("ingest"), artifacts.load_arrays("predict")
+    if frozen is None or predicted is None or f"layer_{SEARCH_LAYER}" not in predicted:
+        return None
+    ok = predicted["ok"]
+    image_ids = frozen["image_ids"][ok]
+    model = AuditModel(
+        audit_id=audit_id,
+        image_ids=image_ids,
+        labels=frozen["labels"][ok],
+        class_names=[str(name) for name in frozen["class_names"]],
+        probabilities=predicted["probabilities"],
+        index=VectorIndex.build(predicted[f"layer_{SEARCH_LAYER}"]),
+        row_of={int(image_id): row for row, image_id in enumerate(image_ids)},
+    )
+    with _models_lock:
+        _models[stamp] = model
+    return model
+
+
+@lru_cache(maxsize=2)
+def _backbone(architecture: str, weights: str, side: int) -> Backbone:
+    return build_backbone(architecture, weights, typical_side=side)
+
+
+def embedder_for_audit(settings: Settings, audit: Audit) -> Embedder | None:
+    """A function from image to the audit's search vector, or None when the audit's model cannot
+    be rebuilt (a CNN trained during the audit, or weights no longer on this machine)."""
+    model_info = AuditArtifacts(settings.data_dir, audit.id).load_json("model")
+    parameters = {**DEFAULT_PARAMETERS, **(audit.parameters or {})}
+    if not model_info or parameters["backbone"] == "trained":
+        return None
+    # `auto` embedded with ResNet-18 when it wrote model.json (see stages.pretrained_backbone).
+    architecture = "resnet18" if parameters["backbone"] == "auto" else parameters["backbone"]
+    try:
+        backbone = _backbone(architecture, str(parameters["weights"]), int(parameters["side"]))
+    except Exception:  # weights missing or unusable here: answer without the model
+        return None
+    if backbone.identity.key != model_info.get("identity"):
+        return None
+
+    def embed(picture: PILImage.Image) -> np.ndarray:
+        batch = backbone.preprocess(picture).unsqueeze(0)
+        return backbone.embed(batch)[SEARCH_LAYER][0].cpu().numpy().astype(np.float32)
+
+    return embed
+
+
+def hash_duplicates(
+    session: Session, dataset_id: int, sha256: str, phash: str | None, exclude: int | None
+) -> list[dict[str, Any]]:
+    """Stored images with the same bytes, or a perceptual hash within PHASH_NEAR bits."""
+    found: dict[int, dict[str, Any]] = {}
+    rows = session.execute(
+        select(Image.id, Image.path).where(
+            Image.dataset_id == dataset_id, Image.sha256 == sha256, Image.status == ImageStatus.OK
+        )
+    )
+    for image_id, path in rows:
+        if image_id != exclude:
+            found[image_id] = {"image_id": image_id, "path": path, "reason": "sha256"}
+    if phash:
+        probe = imagehash.hex_to_hash(phash)
+        rows = session.execute(
+            select(Image.id, Image.path, Image.phash).where(
+                Image.dataset_id == dataset_id,
+                Image.phash.is_not(None),
+                Image.status == ImageStatus.OK,
+            )
+        )
+        for image_id, path, other in rows:
+            if image_id == exclude or image_id in found:
+                continue
+            if probe - imagehash.hex_to_hash(other) <= PHASH_NEAR:
+                found[image_id] = {"image_id": image_id, "path": path, "reason": "phash"}
+    return list(found.values())
+
+
+def neighbour_rows(
+    session: Session, model: AuditModel, vector: np.ndarray, exclude: int | None
+) -> list[dict[str, Any]]:
+    hits = model.index.search(vector, NEIGHBOURS + 1)
+    rows = [
+        (int(i), float(s))
+        for i, s in zip(hits.indices[0], hits.similarities[0], strict=True)
+        if i >= 0 and int(model.image_ids[i]) != exclude
+    ][:NEIGHBOURS]
+    paths = dict(
+        session.execute(
+            select(Image.id, Image.path).where(
+                Image.id.in_([int(model.image_ids[i]) for i, _ in rows])
+            )
+        ).all()
+    )
+    return [
+        {
+            "image_id": int(model.image_ids[i]),
+            "path": paths.get(int(model.image_ids[i]), ""),
+            "label": model.class_names[int(model.labels[i])],
+            "similarity": round(similarity, 6),
+        }
+        for i, similarity in rows
+    ]
+
+
+def knn_distribution(model: AuditModel, neighbours: list[dict[str, Any]]) -> np.ndarray:
+    """Class probabilities from similarity-weighted neighbour votes (for uploads, which have no
+    out-of-sample model probabilities)."""
+    votes = np.full(len(model.class_names), 1e-6)
+    position = {name: i for i, name in enumerate(model.class_names)}
+    for item in neighbours:
+        votes[position[item["label"]]] += np.exp((item["similarity"] - 1.0) / KNN_TEMPERATURE)
+    return votes / votes.sum()
+
+
+def check_image(
+    session: Session,
+    settings: Settings,
+    dataset_id: int,
+    label: str,
+    *,
+    image_id: int | None = None,
+    data: bytes | None = None,
+) -> dict[str, Any]:
+    if (image_id is None) == (data is None):
+        raise Invalid("send either an image file or an image_id")
+    audit = latest_completed_audit(session, dataset_id)
+    model = load_audit_model(settings, audit.id) if audit is not None else None
+    picture, stored = None, None
+    if image_id is not None:
+        stored = session.get(Image, image_id)
+        if stored is None or stored.dataset_id != dataset_id:
+            raise NotFound(f"image {image_id} is not in dataset {dataset_id}")
+        sha256, phash = stored.sha256, stored.phash
+    else:
+        try:
+            picture = decode_rgb(data, settings.max_image_pixels)
+        except UnreadableImage as exc:
+            raise Invalid(f"the upload is not a usable image: {exc}") from exc
+        sha256, phash = hashlib.sha256(data).hexdigest(), str(imagehash.phash(picture))
+    duplicates = hash_duplicates(session, dataset_id, sha256, phash, image_id) if sha256 else []
+
+    probabilities, neighbours, method = None, [], None
+    if model is not None and image_id is not None and image_id in model.row_of:
+        row = model.row_of[image_id]
+        probabilities, method = model.probabilities[row], "model"
+        vector = model.index.index.reconstruct(row)
+        neighbours = neighbour_rows(session, model, vector, image_id)
+    elif model is not None:
+        embed = embedder_for_audit(settings, audit)
+        if embed is not None and picture is None and stored is not None:
+            picture = load_stored_picture(session, settings, stored)
+        if embed is not None and picture is not None:
+            neighbours = neighbour_rows(session, model, embed(picture), image_id)
+            probabilities, method = knn_distribution(model, neighbours), "knn"
+    for item in neighbours:
+        if item["similarity"] >= NEAR_DUPLICATE_SIMILARITY and all(
+            d["image_id"] != item["image_id"] for d in duplicates
+        ):
+            duplicates.append(
+                {"image_id": item["image_id"], "path": item["path"], "reason": "similarity"}
+            )
+    answer: dict[str, Any] = {
+        "audit_id": audit.id if audit is not None else None,
+        "model_available": probabilities is not None,
+        "method": method,
+        "label": label,
+        "label_known": model is not None and label in model.class_names,
+        "label_quality": None,
+        "suggested_label": None,
+        "neighbours": neighbours,
+        "duplicate": bool(duplicates),
+        "duplicates": duplicates,
+        "sha256": sha256,
+    }
+    if probabilities is not None:
+        names = model.class_names
+        answer["suggested_label"] = names[int(np.argmax(probabilities))]
+        answer["label_quality"] = (
+            round(float(probabilities[names.index(label)]), 6) if label in names else 0.0
+        )
+    return answer
+
+
+def load_stored_picture(
+    session: Session, settings: Settings, image: Image
+) -> PILImage.Image | None:
+    try:
+        return decode_rgb(original(session, image.id).data, settings.max_image_pixels)
+    except Exception:  # a stored image that no longer reads: answer from hashes alone
+        return None

@@ -253,7 +253,12 @@ def compact_from_state(state: dict[str, torch.Tensor]) -> CompactResNet:
     """Rebuild the compact CNN with the width and class count the checkpoint was trained with."""
     width = state["stem.0.weight"].shape[0]
     num_classes = state["classifier.weight"].shape[0]
-    return CompactResNet(num_classes=num_classes, width=width)
+    coarse = [
+        state[f"coarse_heads.{i}.weight"].shape[0]
+        for i in range(2)
+        if f"coarse_heads.{i}.weight" in state
+    ]
+    return CompactResNet(num_classes=num_classes, width=width, coarse_classes=coarse)
 
 
 def instantiate(architecture: str, state: dict[str, torch.Tensor] | None) -> nn.Module:

@@ -15,6 +15,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -200,18 +201,14 @@ class ArchiveSource(Source):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None}
 
-    def members(self) -> dict[str, tuple[int, str]]:
-        """Regular-file members by clean path: (size, stamp)."""
-        raise NotImplementedError
-
-    def raw_names(self) -> list[str]:
+    def index(self) -> ArchiveIndex:
         raise NotImplementedError
 
     def read_member(self, name: str) -> bytes:
         raise NotImplementedError
 
     def entries(self) -> Iterator[SourceEntry]:
-        names = self.raw_names()
+        names = self.index().names
         manifest = next((n for n in ARCHIVE_MANIFEST_NAMES if n in names), None)
         if manifest:
             text = self.read_member(manifest).decode("utf-8-sig")
@@ -231,18 +228,14 @@ class ArchiveSource(Source):
             parts = clean.split("/")
             yield SourceEntry(path=name, label=parts[0] if len(parts) > 1 else None)
 
-    def links(self) -> set[str]:
-        """Members that are symbolic or hard links; they are refused, never followed."""
-        return set()
-
-    def _lookup(self, path: str) -> tuple[int, str]:
+    def _lookup(self, path: str) -> tuple[int, str, object]:
         clean = normalise_member_path(path)
-        if clean in self.links():
+        index = self.index()
+        if clean in index.links:
             raise PathRefused("links inside archives are not followed")
-        members = self.members()
-        if clean not in members:
+        if clean not in index.members:
             raise FileNotFoundError(path)
-        return members[clean]
+        return index.members[clean]
 
     def stamp(self, path: str) -> str | None:
         try:
@@ -254,70 +247,92 @@ class ArchiveSource(Source):
         return self._lookup(path)[0]
 
 
+@dataclass(frozen=True)
+class ArchiveIndex:
+    """Regular-file members by clean path -> (size, stamp, member info), and link members."""
+
+    names: tuple[str, ...]
+    members: dict[str, tuple[int, str, object]]
+    links: frozenset[str]
+
+
+def archive_key(archive: Path) -> tuple[str, int, int, int]:
+    """One version of an archive file in one process: the index is rebuilt when the file changes,
+    and a forked child never reads through its parent's file offset."""
+    stat = archive.stat()
+    return str(archive.resolve()), stat.st_size, stat.st_mtime_ns, os.getpid()
+
+
+@lru_cache(maxsize=8)
+def zip_index(key: tuple[str, int, int, int]) -> tuple[zipfile.ZipFile, ArchiveIndex]:
+    """One open handle and member index per zip and process: reading the central directory of a
+    50,000-member archive for every batch of work would cost more than decoding the images.
+    ZipFile serialises reads on its shared file object, so threads may share the handle."""
+    handle = zipfile.ZipFile(key[0])
+    names, members = [], {}
+    for info in handle.infolist():
+        if info.is_dir():
+            continue
+        names.append(info.filename)
+        try:
+            clean = normalise_member_path(info.filename)
+        except PathRefused:
+            continue
+        members[clean] = (info.file_size, f"{info.file_size}:{info.CRC:08x}", info)
+    return handle, ArchiveIndex(tuple(names), members, frozenset())
+
+
+@lru_cache(maxsize=8)
+def tar_index(key: tuple[str, int, int, int]) -> ArchiveIndex:
+    """The member index of a tar, per process (listing a tar reads it end to end)."""
+    names, members, links = [], {}, set()
+    with tarfile.open(key[0]) as handle:
+        for info in handle.getmembers():
+            if info.isfile() or info.issym() or info.islnk():
+                names.append(info.name)
+            try:
+                clean = normalise_member_path(info.name)
+            except PathRefused:
+                continue
+            if info.issym() or info.islnk():
+                links.add(clean)
+            elif info.isfile():
+                members[clean] = (info.size, f"{info.size}:{info.mtime}", info)
+    return ArchiveIndex(tuple(names), members, frozenset(links))
+
+
 class ZipSource(ArchiveSource):
     kind = "zip"
 
-    def _zip(self) -> zipfile.ZipFile:
-        if self._handle is None:
-            self._handle = zipfile.ZipFile(self.archive)
-            self._members = {}
-            for info in self._handle.infolist():
-                if info.is_dir():
-                    continue
-                try:
-                    clean = normalise_member_path(info.filename)
-                except PathRefused:
-                    continue
-                self._members[clean] = (info.file_size, f"{info.file_size}:{info.CRC:08x}", info)
-        return self._handle
+    def _zip(self) -> tuple[zipfile.ZipFile, ArchiveIndex]:
+        return zip_index(archive_key(self.archive))
 
-    def raw_names(self) -> list[str]:
-        return [i.filename for i in self._zip().infolist() if not i.is_dir()]
-
-    def members(self) -> dict[str, tuple[int, str]]:
-        self._zip()
-        return {k: (v[0], v[1]) for k, v in self._members.items()}
+    def index(self) -> ArchiveIndex:
+        return self._zip()[1]
 
     def read_member(self, name: str) -> bytes:
-        return self._zip().read(name)
+        return self._zip()[0].read(name)
 
     def read_bytes(self, path: str) -> bytes:
-        handle = self._zip()
+        handle, index = self._zip()
         clean = normalise_member_path(path)
-        if clean not in self._members:
+        if clean not in index.members:
             raise FileNotFoundError(path)
-        return handle.read(self._members[clean][2])
+        return handle.read(index.members[clean][2])
 
 
 class TarSource(ArchiveSource):
+    """Tar handles are not shared between threads; each source object opens its own."""
+
     kind = "tar"
 
     def _tar(self) -> tarfile.TarFile:
         if self._handle is None:
             self._handle = tarfile.open(self.archive)  # noqa: SIM115 - open for the source lifetime
-            self._members = {}
-            self._links: set[str] = set()
-            for info in self._handle.getmembers():
-                try:
-                    clean = normalise_member_path(info.name)
-                except PathRefused:
-                    continue
-                if info.issym() or info.islnk():
-                    self._links.add(clean)
-                elif info.isfile():
-                    self._members[clean] = (info.size, f"{info.size}:{info.mtime}", info)
         return self._handle
 
-    def raw_names(self) -> list[str]:
-        return [i.name for i in self._tar().getmembers() if i.isfile() or i.issym() or i.islnk()]
-
-    def links(self) -> set[str]:
-        self._tar()
-        return self._links
-
-    def members(self) -> dict[str, tuple[int, str]]:
-        self._tar()
-        return {k: (v[0], v[1]) for k, v in self._members.items()}
+    def index(self) -> ArchiveIndex:
+        return tar_index(archive_key(self.archive))
 
     def read_member(self, name: str) -> bytes:
         member = self._tar().getmember(name)
@@ -327,14 +342,15 @@ class TarSource(ArchiveSource):
         return extracted.read()
 
     def read_bytes(self, path: str) -> bytes:
-        handle = self._tar()
         clean = normalise_member_path(path)
-        if clean in self.links():
+        index = self.index()
+        if clean in index.links:
             raise PathRefused("links inside archives are not followed")
-        if clean not in self._members:
+        if clean not in index.members:
             raise FileNotFoundError(path)
-        extracted = handle.extractfile(self._members[clean][2])
-        assert extracted is not None
+        extracted = self._tar().extractfile(index.members[clean][2])
+        if extracted is None:
+            raise FileNotFoundError(path)
         return extracted.read()
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import install_error_handlers
 from api.metrics import Metrics, MetricsMiddleware
-from api.routers import audits, datasets, findings, images, system, webhooks
+from api.routers import audits, browse, datasets, findings, images, system, ui, webhooks
 from auditor.config import Settings
 from auditor.db import migrate
 from auditor.db.session import make_engine, make_session_factory
@@ -67,7 +67,9 @@ def create_app(
     install_error_handlers(app)
     for router in (datasets.router, audits.router, findings.router, images.router, webhooks.router):
         app.include_router(router)
+    app.include_router(browse.router)
     app.include_router(system.router)
+    app.include_router(ui.router)
     return app
 
 

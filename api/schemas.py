@@ -253,3 +253,26 @@ class DeliveryList(Out):
 class Health(Out):
     status: Literal["ok"]
     database: Literal["ok"]
+
+
+class AuditList(Out):
+    items: list[AuditOut]
+
+
+class CellImage(Out):
+    image_id: int
+    path: str
+    predicted: str
+    confidence: float
+
+
+class CellGroup(Out):
+    label: str
+    count: int
+    images: list[CellImage]
+
+
+class ConfusionCellOut(Out):
+    given: list[str]
+    predicted: list[str]
+    groups: list[CellGroup]

@@ -11,6 +11,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_CHUNK = 64
+# Starting worker processes costs seconds (interpreter, numpy, Pillow, imagehash imports); below
+# this many items one process finishes sooner.
+MIN_PARALLEL_ITEMS = 1000
 
 
 def map_chunks(
@@ -25,6 +28,8 @@ def map_chunks(
     `function` must be importable by worker processes (module level). One worker runs inline. The
     pool uses spawn, not fork: the parent may hold database connections and torch thread pools.
     """
+    if len(items) < MIN_PARALLEL_ITEMS:
+        workers = 1
     size = max(1, min(MAX_CHUNK, -(-len(items) // (max(1, workers) * 4))))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     workers = min(workers, len(chunks))

@@ -9,12 +9,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from auditor.config import Settings
 from auditor.db.models import Class, Dataset, Finding, FindingImage, Image, Label
 from auditor.ingest.ingest import ingest
 from auditor.ingest.sources import SourceError
+from auditor.parallel import MIN_PARALLEL_ITEMS
 from tests.corpus import EXPECTED, encode, noise_image, write_hostile_corpus
 
 SETTINGS = Settings(workers=1)
@@ -281,3 +283,26 @@ def test_given_hierarchy_is_validated_before_anything_is_written(session_factory
     with session_factory() as session:
         tree = session.get(Dataset, result.dataset_id).hierarchy
     assert {child["name"] for child in tree["children"]} == {"animal", "vehicle"}
+
+
+def test_large_folders_decode_in_worker_processes_in_order(session_factory, tmp_path):
+    root = tmp_path / "many"
+    (root / "dots").mkdir(parents=True)
+    for i in range(MIN_PARALLEL_ITEMS):
+        PILImage.new("RGB", (9, 9), (i % 256, (i // 256) * 40, 7)).save(
+            root / "dots" / f"{i:04d}.png"
+        )
+    seen: list[int] = []
+    result = ingest(
+        session_factory,
+        "many",
+        root,
+        Settings(workers=2),
+        progress=lambda done, _: seen.append(done),
+    )
+    assert result.decoded == MIN_PARALLEL_ITEMS and seen[-1] == MIN_PARALLEL_ITEMS
+    assert seen == sorted(seen) and len(seen) > 1
+    with session_factory() as session:
+        images = session.scalars(select(Image).where(Image.dataset_id == result.dataset_id)).all()
+    assert len({image.sha256 for image in images}) == MIN_PARALLEL_ITEMS
+    assert all(image.width == 9 and image.status == "ok" for image in images)

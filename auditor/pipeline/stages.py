@@ -45,9 +45,12 @@ from auditor.ingest.sources import open_source
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.summary import summarise_audit
 from auditor.predict.heads import kfold_head_probabilities
-from auditor.predict.strategies import DEFAULT_STRATEGY, out_of_sample_probabilities
+from auditor.predict.strategies import out_of_sample_probabilities
 
 SEARCH_LAYER = "pool"
+# Without pretrained weights: k-means patch heads averaged with a cross-fitted CNN, which also
+# provides the layer features for search and the hierarchy analysis (bench/quality.py).
+TRAINED_STRATEGY = "patch_cnn"
 LAYER_LEVELS = 6
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "backbone": "auto",
@@ -168,7 +171,7 @@ def predict_stage(ctx: AuditContext) -> None:
     if "pixels" in embedded:
         strategy = ctx.parameter("strategy")
         result = out_of_sample_probabilities(
-            DEFAULT_STRATEGY if strategy == "auto" else strategy,
+            TRAINED_STRATEGY if strategy == "auto" else strategy,
             images=embedded["pixels"][ok],
             labels=labels[ok],
             n_classes=n_classes,

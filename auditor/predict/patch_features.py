@@ -1,0 +1,96 @@
+"""Label-free image features from k-means on whitened patches (Coates, Lee and Ng, AISTATS 2011).
+
+Without pretrained weights, a CNN has to be trained on the dataset's own, possibly wrong, labels
+before its features mean anything, and on a CPU that is the expensive part. A single layer of
+k-means filters learns from pixels alone: it cannot carry any row's label (so K-fold heads on it are
+strictly out-of-sample), costs one pass over the images, and on small images separates classes
+nearly as well as a briefly trained CNN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _normalise_patches(patches: torch.Tensor) -> torch.Tensor:
+    """Per-patch brightness and contrast normalisation (rows are patches)."""
+    patches = patches - patches.mean(dim=1, keepdim=True)
+    return patches / torch.sqrt(patches.var(dim=1, keepdim=True) + 10.0)
+
+
+class PatchKMeans:
+    """Whitened k-means dictionary and the triangle-activation, quadrant-pooled encoder."""
+
+    def __init__(self, centroids: int = 400, patch: int = 6, seed: int = 0) -> None:
+        self.n_centroids = centroids
+        self.patch = patch
+        self.seed = seed
+        self.mean = torch.zeros(0)
+        self.whitening = torch.zeros(0)
+        self.centroids = torch.zeros(0)
+
+    def fit(
+        self, images: np.ndarray, n_patches: int = 100_000, iterations: int = 15
+    ) -> PatchKMeans:
+        generator = torch.Generator().manual_seed(self.seed)
+        data = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        n, _, h, w = data.shape
+        p = self.patch
+        n_patches = min(n_patches, 50 * n)  # beyond this a small set only repeats its patches
+        which = torch.randint(0, n, (n_patches,), generator=generator)
+        ys = torch.randint(0, h - p + 1, (n_patches,), generator=generator)
+        xs = torch.randint(0, w - p + 1, (n_patches,), generator=generator)
+        patches = torch.stack(
+            [data[i, :, y : y + p, x : x + p] for i, y, x in zip(which, ys, xs, strict=True)]
+        ).flatten(1)
+        patches = _normalise_patches(patches).double()
+        self.mean = patches.mean(0)
+        centred = patches - self.mean
+        eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred / len(centred))
+        self.whitening = (eigenvectors / torch.sqrt(eigenvalues + 0.1)) @ eigenvectors.T
+        whitened = (centred @ self.whitening).float()
+        self.mean, self.whitening = self.mean.float(), self.whitening.float()
+
+        centroids = whitened[torch.randperm(len(whitened), generator=generator)[: self.n_centroids]]
+        for _ in range(iterations):
+            assignment = torch.cdist(whitened, centroids).argmin(1)
+            sums = torch.zeros_like(centroids).index_add_(0, assignment, whitened)
+            counts = torch.bincount(assignment, minlength=self.n_centroids).float()[:, None]
+            # An empty cluster keeps its old centre rather than collapsing to the origin.
+            centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        self.centroids = centroids
+        return self
+
+    def transform(self, images: np.ndarray, batch_size: int = 200) -> np.ndarray:
+        """(n, 4 * centroids) float32: triangle activations summed over the image's quadrants."""
+        p = self.patch
+        c_sq = (self.centroids**2).sum(1)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(images[start : start + batch_size])
+                x = batch.permute(0, 3, 1, 2).float()
+                b, _, h, w = x.shape
+                gh, gw = h - p + 1, w - p + 1
+                patches = nn.functional.unfold(x, p).transpose(1, 2).reshape(-1, 3 * p * p)
+                whitened = (_normalise_patches(patches) - self.mean) @ self.whitening
+                squared = (whitened**2).sum(1, keepdim=True) - 2 * whitened @ self.centroids.T
+                distances = torch.sqrt((squared + c_sq).clamp(min=0))
+                active = (distances.mean(1, keepdim=True) - distances).clamp(min=0)
+                grid = active.reshape(b, gh, gw, -1)
+                top, left = gh // 2, gw // 2
+                quadrants = [
+                    grid[:, :top, :left],
+                    grid[:, :top, left:],
+                    grid[:, top:, :left],
+                    grid[:, top:, left:],
+                ]
+                out.append(torch.cat([q.sum(dim=(1, 2)) for q in quadrants], 1))
+        return torch.cat(out).numpy()
+
+
+def patch_features(images: np.ndarray, centroids: int = 400, seed: int = 0) -> np.ndarray:
+    """Fit the dictionary on the images themselves (no labels) and encode them."""
+    return PatchKMeans(centroids, seed=seed).fit(images).transform(images)

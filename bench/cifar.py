@@ -1,0 +1,72 @@
+"""CIFAR-10N loader for benchmarks: the 50,000 training JPEGs and their label columns.
+
+The images are decoded once into a uint8 array cached under `.bench/` (git-ignored), because
+decoding 50,000 JPEGs costs more than most of the quick benchmark runs that read them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10n"
+CACHE_DIR = Path(__file__).resolve().parents[1] / ".bench"
+CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+LABEL_COLUMNS = ("clean", "aggre", "worse", "random1", "random2", "random3")
+
+
+def available() -> bool:
+    return (DATA_DIR / "cifar10-train-jpeg.zip").is_file()
+
+
+def load_images() -> np.ndarray:
+    """All 50,000 images as (n, 32, 32, 3) uint8, in CIFAR-10 training order."""
+    cache = CACHE_DIR / "cifar10n-images.npy"
+    if cache.is_file():
+        return np.load(cache)
+    with zipfile.ZipFile(DATA_DIR / "cifar10-train-jpeg.zip") as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))
+        images = np.stack(
+            [np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB")) for n in names]
+        )
+    CACHE_DIR.mkdir(exist_ok=True)
+    np.save(cache, images)
+    return images
+
+
+def load_labels() -> dict[str, np.ndarray]:
+    """Each label column as int class indices (CIFAR-10 order), rows in image order."""
+    index = {name: i for i, name in enumerate(CLASSES)}
+    with open(DATA_DIR / "cifar10n-labels.csv", newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda row: row["image"])
+    return {
+        column: np.array([index[row[column]] for row in rows], dtype=np.int64)
+        for column in LABEL_COLUMNS
+    }
+
+
+def subset(n: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-stratified random subset of n images (all of them when n >= 50,000)."""
+    clean = load_labels()["clean"]
+    if n >= len(clean):
+        return np.arange(len(clean))
+    rng = np.random.default_rng(seed)
+    per_class = n // len(CLASSES)
+    picked = [rng.permutation(np.flatnonzero(clean == c))[:per_class] for c in range(len(CLASSES))]
+    return np.sort(np.concatenate(picked))

@@ -1,0 +1,151 @@
+"""Benchmark out-of-sample probability strategies on CIFAR-10N by how well cleanlab finds the
+real human label errors with them, per CPU-minute.
+
+Each run appends one JSON line to .bench/predict-results.jsonl, so strategies can be (re)run one at
+a time in separate processes; `--report` renders every recorded run into bench/results/predict.md.
+
+    python -m bench.predict --n 10000 --labels worse,aggre --strategies cnn_crossfit,cnn_kfold
+    python -m bench.predict --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from cleanlab.filter import find_label_issues
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+from auditor.predict import TrainConfig, out_of_sample_probabilities
+from bench import cifar
+
+RESULTS_LOG = cifar.CACHE_DIR / "predict-results.jsonl"
+REPORT = Path(__file__).resolve().parent / "results" / "predict.md"
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def mislabel_scores(probabilities: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict:
+    """How well the probabilities expose `noisy != clean`: cleanlab's default filter (precision,
+    recall, F1) and the ranking quality of 1 - p(given label) (AUROC)."""
+    is_error = noisy != clean
+    flagged = find_label_issues(noisy, probabilities)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        is_error, flagged, average="binary", zero_division=0
+    )
+    given = probabilities[np.arange(len(noisy)), noisy]
+    return {
+        "accuracy_vs_clean": float((probabilities.argmax(1) == clean).mean()),
+        "accuracy_vs_given": float((probabilities.argmax(1) == noisy).mean()),
+        "noise_rate": float(is_error.mean()),
+        "flagged": int(flagged.sum()),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "auroc": float(roc_auc_score(is_error, 1 - given)),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    images = cifar.load_images()
+    columns = cifar.load_labels()
+    rows = cifar.subset(args.n, seed=args.subset_seed)
+    config = TrainConfig(width=args.width, epochs=args.epochs)
+    for column in args.labels.split(","):
+        for strategy in args.strategies.split(","):
+            noisy, clean = columns[column][rows], columns["clean"][rows]
+            wall, cpu = time.perf_counter(), _cpu_seconds()
+            result = out_of_sample_probabilities(
+                strategy,
+                images=images[rows],
+                labels=noisy,
+                n_classes=len(cifar.CLASSES),
+                folds=args.folds,
+                seed=args.seed,
+                head=args.head,
+                train_config=config,
+            )
+            record = {
+                "strategy": strategy,
+                "labels": column,
+                "n": len(rows),
+                "folds": args.folds,
+                "epochs": args.epochs,
+                "width": args.width,
+                "head": args.head,
+                "seed": args.seed,
+                "wall_minutes": (time.perf_counter() - wall) / 60,
+                "cpu_minutes": (_cpu_seconds() - cpu) / 60,
+                **mislabel_scores(result.probabilities, noisy, clean),
+                "command": "python -m bench.predict " + shlex.join(sys.argv[1:]),
+            }
+            print(json.dumps(record), flush=True)
+            RESULTS_LOG.parent.mkdir(exist_ok=True)
+            with open(RESULTS_LOG, "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+
+def report() -> None:
+    records = [json.loads(line) for line in RESULTS_LOG.read_text().splitlines() if line.strip()]
+    header = (
+        "| labels | n | strategy | folds | epochs (max) | width | head | acc vs clean | "
+        "flagged | precision | recall | F1 | AUROC | CPU-min | wall-min |"
+    )
+    lines = [
+        "# Out-of-sample probabilities on CIFAR-10N",
+        "",
+        f"Machine: {platform.machine()} CPU, 2 cores shared with other work (no GPU); "
+        "torch threads = 2. CPU-minutes are the process's user+system time.",
+        "Mislabel scores: cleanlab `find_label_issues(labels, probs)` with defaults against "
+        "`noisy != clean`; AUROC of 1 - p(given label).",
+        "",
+        header,
+        "|" + " --- |" * (header.count("|") - 1),
+    ]
+    for r in sorted(records, key=lambda r: (r["labels"] != "worse", r["n"], r["strategy"])):
+        lines.append(
+            f"| {r['labels']} | {r['n']} | {r['strategy']} | {r['folds']} | {r['epochs']} | "
+            f"{r['width']} | {r['head']} | {r['accuracy_vs_clean']:.3f} | {r['flagged']} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auroc']:.3f} | "
+            f"{r['cpu_minutes']:.1f} | {r['wall_minutes']:.1f} |"
+        )
+    lines += ["", "Commands:", ""]
+    lines += [f"    {c}" for c in dict.fromkeys(r["command"] for r in records)]
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text("\n".join(lines) + "\n")
+    print(REPORT.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="images (stratified subset)")
+    parser.add_argument("--labels", default="worse,aggre", help="noisy label columns")
+    parser.add_argument("--strategies", default="cnn_crossfit,cnn_once_heads,cnn_kfold")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--width", type=int, default=TrainConfig.width)
+    parser.add_argument("--head", default="linear", choices=("linear", "mlp"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subset-seed", type=int, default=0)
+    parser.add_argument("--report", action="store_true", help="only render the results table")
+    args = parser.parse_args()
+    if args.report:
+        report()
+    elif not cifar.available():
+        sys.exit(f"CIFAR-10N not found under {cifar.DATA_DIR}")
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Out-of-sample probabilities: shape, determinism, and above all that no row's own label reaches
+its prediction (the property every label-error check depends on)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from auditor.predict import (
+    LAYER_TAPS,
+    TrainConfig,
+    kfold_head_probabilities,
+    out_of_sample_probabilities,
+)
+from auditor.predict.heads import fold_assignment
+
+
+def digit_images(n: int, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 8x8 digits as uint8 RGB images of `side` pixels, with their labels."""
+    digits = load_digits()
+    pixels = (digits.images[:n] * (255 / 16)).astype(np.uint8)
+    scale = side // 8
+    big = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+    return np.repeat(big[..., None], 3, axis=3), digits.target[:n].astype(np.int64)
+
+
+def digit_features() -> tuple[np.ndarray, np.ndarray]:
+    digits = load_digits()
+    return digits.data.astype(np.float64), digits.target.astype(np.int64)
+
+
+def test_heads_rows_are_probabilities_and_deterministic():
+    features, labels = digit_features()
+    first = out_of_sample_probabilities("heads", features=features, labels=labels, n_classes=10)
+    again = out_of_sample_probabilities("heads", features=features, labels=labels, n_classes=10)
+    assert first.probabilities.shape == (len(labels), 10)
+    np.testing.assert_allclose(first.probabilities.sum(1), 1.0, atol=1e-9)
+    assert (first.probabilities >= 0).all()
+    np.testing.assert_array_equal(first.probabilities, again.probabilities)
+    assert first.layer_features == {}
+    assert (first.probabilities.argmax(1) == labels).mean() > 0.9
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_own_label_does_not_leak_into_its_prediction(head):
+    """Each row carries a unique fingerprint (a one-hot of its index) and a random label. A head that
+    saw the row memorises fingerprint -> label (~100%); a truly out-of-sample one never saw that
+    fingerprint and can only guess (~10%)."""
+    from sklearn.linear_model import LogisticRegression
+
+    n, n_classes = 240, 10
+    random_labels = np.random.default_rng(0).integers(0, n_classes, n)
+    fingerprints = np.eye(n)
+    in_sample = LogisticRegression(C=100, max_iter=500).fit(fingerprints, random_labels)
+    assert (in_sample.predict(fingerprints) == random_labels).mean() > 0.95
+    probabilities = kfold_head_probabilities(fingerprints, random_labels, n_classes, head=head)
+    assert (probabilities.argmax(1) == random_labels).mean() < 0.2
+
+
+def test_flipped_labels_get_low_given_label_probability():
+    features, labels = digit_features()
+    rng = np.random.default_rng(1)
+    flipped = rng.choice(len(labels), 100, replace=False)
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    probabilities = kfold_head_probabilities(features, noisy, 10)
+    given = probabilities[np.arange(len(noisy)), noisy]
+    kept = np.setdiff1d(np.arange(len(noisy)), flipped)
+    assert np.median(given[flipped]) < 0.1
+    assert np.median(given[kept]) > 0.5
+    lowest = np.argsort(given)[: len(flipped)]
+    assert len(np.intersect1d(lowest, flipped)) > 80
+
+
+def test_classes_smaller_than_folds_warn_and_get_zero_own_probability():
+    features, labels = digit_features()
+    labels = labels.copy()
+    singleton = np.flatnonzero(labels == 9)[0]
+    labels[labels == 9] = 8
+    labels[singleton] = 9  # class 9 now has exactly one member
+    with pytest.warns(UserWarning, match="fewer than 4 members"):
+        probabilities = kfold_head_probabilities(features, labels, 11, folds=4)
+    assert probabilities.shape == (len(labels), 11)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-9)
+    assert probabilities[singleton, 9] == 0.0  # no other example to learn the class from
+    assert (probabilities[:, 10] == 0).all()  # a class nobody carries
+
+
+def test_every_class_tiny_falls_back_to_plain_folds():
+    labels = np.array([0, 1, 2, 3, 4, 5, 0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fold_of = fold_assignment(labels, 4, seed=0)
+    assert sorted(np.bincount(fold_of)) == [2, 2, 2, 2]
+
+
+def test_bad_inputs_are_refused_clearly():
+    features, labels = digit_features()
+    with pytest.raises(ValueError, match="folds"):
+        kfold_head_probabilities(features, labels, 10, folds=1)
+    with pytest.raises(ValueError, match="labels must lie"):
+        kfold_head_probabilities(features, labels, 5)
+    with pytest.raises(ValueError, match="needs images"):
+        out_of_sample_probabilities("cnn_kfold", labels=labels, n_classes=10)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        out_of_sample_probabilities("magic", features=features, labels=labels, n_classes=10)
+
+
+TINY = TrainConfig(epochs=2, width=16, batch_size=64)
+
+
+@pytest.mark.parametrize("strategy", ["cnn_crossfit", "cnn_once_heads", "cnn_kfold"])
+def test_cnn_strategies_train_and_return_probabilities_and_layer_features(strategy):
+    images, labels = digit_images(400)
+    result = out_of_sample_probabilities(
+        strategy, images=images, labels=labels, n_classes=10, folds=3, train_config=TINY
+    )
+    assert result.strategy == strategy
+    assert result.probabilities.shape == (400, 10)
+    np.testing.assert_allclose(result.probabilities.sum(1), 1.0, atol=1e-6)
+    assert list(result.layer_features) == list(LAYER_TAPS)
+    for values in result.layer_features.values():
+        assert values.shape[0] == 400 and values.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(values, axis=1), 1.0, atol=1e-4)
+
+
+def test_patch_heads_need_no_training_and_are_deterministic():
+    images, labels = digit_images(200)
+    runs = [
+        out_of_sample_probabilities("patch_heads", images=images, labels=labels, n_classes=10)
+        for _ in range(2)
+    ]
+    assert runs[0].probabilities.shape == (200, 10)
+    np.testing.assert_allclose(runs[0].probabilities.sum(1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(runs[0].probabilities, runs[1].probabilities, atol=1e-6)
+    assert (runs[0].probabilities.argmax(1) == labels).mean() > 0.5
+
+
+def test_cnn_is_deterministic_for_a_seed():
+    images, labels = digit_images(300)
+    runs = [
+        out_of_sample_probabilities(
+            "cnn_once_heads", images=images, labels=labels, n_classes=10, train_config=TINY, seed=3
+        ).probabilities
+        for _ in range(2)
+    ]
+    np.testing.assert_allclose(runs[0], runs[1], atol=1e-5)

@@ -454,7 +454,14 @@ def serve(
     factory = session_factory(settings)
     worker_ = None if no_worker else start_worker_thread(factory, settings)
     try:
-        uvicorn.run(create_app(settings, factory, dispatch_webhooks=True), host=host, port=port)
+        # Keep idle connections longer than clients' pools do (httpx: 5 s), so the server never
+        # closes one just as a client reuses it (bench/api.py).
+        uvicorn.run(
+            create_app(settings, factory, dispatch_webhooks=True),
+            host=host,
+            port=port,
+            timeout_keep_alive=75,
+        )
     finally:
         if worker_ is not None:
             worker_.stopping.set()

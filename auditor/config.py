@@ -39,6 +39,22 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=30.0, ge=0, description="Backoff doubles per try.")
     poll_seconds: float = Field(default=2.0, gt=0, description="Worker's wait when idle.")
 
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="PostgreSQL connections each process keeps open (SQLAlchemy pool_size).",
+    )
+    db_max_overflow: int = Field(
+        default=10,
+        ge=0,
+        description="Extra PostgreSQL connections a process may open under load, closed when idle.",
+    )
+    db_pool_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request waits for a free pooled connection before it fails.",
+    )
+
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
 

@@ -6,10 +6,25 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from auditor.config import get_settings
 
-def make_engine(url: str) -> Engine:
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pool_timeout: float | None = None,
+) -> Engine:
     """SQLite gets foreign keys, WAL, a busy timeout and write-locking transactions, so the API
-    and workers can share one file; production concurrency belongs to PostgreSQL."""
+    and workers can share one file; production concurrency belongs to PostgreSQL.
+
+    A server database gets a connection pool sized by `AUDITOR_DB_POOL_SIZE`,
+    `AUDITOR_DB_MAX_OVERFLOW` and `AUDITOR_DB_POOL_TIMEOUT` unless the caller passes sizes. The
+    API runs each request in a thread pool of 40 and holds one connection per request, so the
+    default (10 kept, 10 more under load) serves bursts of clients while leaving most of
+    PostgreSQL's 100 connections to workers and other replicas; requests beyond that queue for
+    a connection instead of failing."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -29,7 +44,14 @@ def make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    settings = get_settings()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size if pool_size is None else pool_size,
+        max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
+        pool_timeout=settings.db_pool_timeout if pool_timeout is None else pool_timeout,
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -63,9 +63,19 @@ class DatasetCreated(Out):
 
 
 class BatchCreate(BaseModel):
+    """A delivery: with `labels_uri`, only the images its manifest names are ingested (new ones
+    decoded, known ones relabeled); without it, the dataset is refreshed from its source."""
+
     model_config = ConfigDict(extra="forbid")
     labels_uri: PathText | None = Field(
-        default=None, description="A `path,label,vendor,batch` file to apply"
+        default=None,
+        description="A `path,label[,split][,vendor][,batch]` manifest (CSV or JSONL) of the delivery",
+    )
+    vendor: Name | None = Field(default=None, description="Vendor of rows without one")
+    batch: Name | None = Field(default=None, description="Batch of rows without one")
+    audit: bool = Field(default=False, description="Queue an audit of the dataset afterwards")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters of the queued audit"
     )
 
 
@@ -79,6 +89,7 @@ class BatchOut(Out):
 class BatchesOut(Out):
     ingest: IngestOut
     items: list[BatchOut]
+    audit_id: int | None = None
 
 
 class AuditCreate(BaseModel):
@@ -172,17 +183,64 @@ class LayersOut(Out):
     separability: list[list[float | None]]
 
 
-class VendorOut(Out):
+class RateOut(Out):
+    images: int
+    estimated_errors: float
+    estimated_error_rate: float
+    ci_low: float
+    ci_high: float
+    flagged: int
+
+
+class VendorOut(RateOut):
     vendor: str
+    reviewed: int
+    confirmed: int
+    confirmed_error_rate: float | None
+
+
+class BatchRateOut(VendorOut):
+    batch: str
+    batch_id: int | None
+
+
+class VendorClassOut(RateOut):
+    vendor: str
+    class_: str = Field(alias="class")
+
+
+class AgreementOut(Out):
+    vendor_a: str
+    vendor_b: str
+    images: int
+    agreement: float
+
+
+class TrendPoint(Out):
+    audit_id: int
+    finished_at: str | None
     images: int
     estimated_error_rate: float
     ci_low: float
     ci_high: float
-    confirmed_error_rate: float | None
 
 
 class VendorsOut(Out):
+    audit_id: int
+    method: str | None
     items: list[VendorOut]
+    batches: list[BatchRateOut]
+    classes: list[VendorClassOut]
+    agreement: list[AgreementOut]
+    trend: dict[str, list[TrendPoint]]
+
+
+class DiffOut(Out):
+    audit_id: int
+    previous_audit_id: int | None
+    counts: dict[Literal["new", "persisting", "resolved"], dict[str, int]]
+    finding_ids: dict[Literal["new", "persisting", "resolved"], list[int]]
+    carried_reviews: dict[str, int]
 
 
 class Neighbour(Out):

@@ -22,12 +22,12 @@ from sqlalchemy import select
 
 from auditor.config import Settings, get_settings
 from auditor.db import migrate
-from auditor.db.models import Audit, Schedule
+from auditor.db.models import Audit, Dataset, Schedule
 from auditor.db.queries import found_paths_by_kind
 from auditor.db.session import make_engine, make_session_factory
 from auditor.demo import PlantedProblems, build_demo_dataset
 from auditor.ingest.ingest import IngestResult, ingest
-from auditor.ingest.sources import SourceError
+from auditor.ingest.sources import Delivery, SourceError
 from auditor.pipeline.audit import create_audit, run_audit
 from auditor.pipeline.scheduler import ScheduleError, remove_schedule, set_schedule
 from auditor.pipeline.worker import Worker
@@ -172,6 +172,70 @@ def dataset_add(
     print_findings_table("ingest findings", result.findings)
 
 
+@dataset_app.command("deliver")
+def dataset_deliver(
+    name: str,
+    manifest: Annotated[
+        Path, typer.Argument(help="CSV/JSONL of path,label[,split][,vendor][,batch]")
+    ],
+    vendor: Annotated[str | None, typer.Option(help="Vendor of rows without one")] = None,
+    batch: Annotated[str | None, typer.Option(help="Batch of rows without one")] = None,
+    audit: Annotated[bool, typer.Option(help="Audit the dataset afterwards, here")] = False,
+    backbone: Annotated[str, typer.Option(help="Backbone of that audit")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Ingest a vendor's delivery into dataset NAME: new images (paths under the dataset's source)
+    and/or new labels for registered ones. Only the images it names are decoded."""
+    settings = get_settings()
+    factory = session_factory(settings)
+    with factory() as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+        if dataset is None:
+            fail(f"no dataset named {name!r}; register it with `auditor dataset add`")
+        source = dataset.source_uri
+    try:
+        result = ingest(factory, name, source, settings, delivery=Delivery(manifest, vendor, batch))
+    except SourceError as exc:
+        fail(str(exc))
+        raise
+    output = {"dataset_id": result.dataset_id, "images": result.images, "decoded": result.decoded}
+    output["findings"] = result.findings
+    if audit:
+        audited = run_audit_here(
+            factory, settings, result.dataset_id, {"backbone": backbone}, as_json
+        )
+        with factory() as session:
+            output["report"] = str(write_report(session, audited.id, settings.data_dir))
+        output["audit_id"] = audited.id
+        output["audit_findings"] = audited.summary.get("findings", {})
+    if as_json:
+        print(json.dumps(output))
+        return
+    console.print(
+        f"delivery into [bold]{name}[/]: {result.images} images in the dataset, "
+        f"{result.decoded} decoded"
+    )
+    print_findings_table("ingest findings", result.findings)
+    if audit:
+        print_audit_summary(audited)
+        console.print(f"report: {output['report']}")
+
+
+def run_audit_here(factory, settings: Settings, dataset_id: int, parameters: dict, quiet: bool):
+    audit_id = create_audit(factory, dataset_id, parameters)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("audit", total=1.0)
+
+        def report(stage: str, fraction: float) -> None:
+            progress.update(task, description=stage, completed=fraction)
+
+        try:
+            return run_audit(factory, settings, audit_id, on_stage=report)
+        except Exception as exc:
+            fail(f"audit {audit_id} failed: {exc}")
+            raise
+
+
 def run_full_audit(
     name: str,
     source: Path,
@@ -183,20 +247,9 @@ def run_full_audit(
     settings = get_settings()
     ingested = run_ingest(name, source, files, quiet)
     factory = session_factory(settings)
-    audit_id = create_audit(factory, ingested.dataset_id, parameters)
-    with progress_bar(quiet) as progress:
-        task = progress.add_task("audit", total=1.0)
-
-        def report(stage: str, fraction: float) -> None:
-            progress.update(task, description=stage, completed=fraction)
-
-        try:
-            audit = run_audit(factory, settings, audit_id, on_stage=report)
-        except Exception as exc:
-            fail(f"audit {audit_id} failed: {exc}")
-            raise
+    audit = run_audit_here(factory, settings, ingested.dataset_id, parameters, quiet)
     with factory() as session:
-        report_path = write_report(session, audit_id, settings.data_dir)
+        report_path = write_report(session, audit.id, settings.data_dir)
     return ingested, audit, report_path
 
 

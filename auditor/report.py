@@ -14,10 +14,21 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from auditor.db.models import Audit, AuditAnalysis, Dataset, Finding, FindingImage, Image
+from auditor.db.models import (
+    Audit,
+    AuditAnalysis,
+    AuditStatus,
+    Dataset,
+    Finding,
+    FindingImage,
+    Image,
+)
 from auditor.hierarchy.plots import plot_confusion, plot_layer_separability
 from auditor.ingest.decode import UnreadableImage, decode_rgb
 from auditor.ingest.sources import PathRefused, Source, SourceError, open_source
+from auditor.services.diff import CHANGES, audit_diff
+from auditor.services.vendors import vendor_report
+from auditor.vendors import vendor_chart
 
 THUMB_SIDE = 96
 FINDINGS_PER_KIND = 12
@@ -110,6 +121,53 @@ def hierarchy_sections(session: Session, audit_id: int) -> list[str]:
     return sections
 
 
+def change_section(session: Session, audit: Audit) -> list[str]:
+    """New, persisting and resolved problems against the previous audit of the dataset."""
+    if audit.status != AuditStatus.COMPLETED:
+        return []
+    diff = audit_diff(session, audit.id, limit=0)
+    if diff["previous_audit_id"] is None:
+        return []
+    kinds = sorted({kind for counts in diff["counts"].values() for kind in counts})
+    rows = "".join(
+        f"<tr><td>{html.escape(kind)}</td>"
+        + "".join(f"<td class='num'>{diff['counts'][c].get(kind, 0)}</td>" for c in CHANGES)
+        + "</tr>"
+        for kind in kinds
+    )
+    carried = ", ".join(f"{n} {status}" for status, n in diff["carried_reviews"].items())
+    return [
+        f"<h2>Changes since audit {diff['previous_audit_id']}</h2>"
+        "<table><tr><th>kind</th><th class='num'>new</th><th class='num'>persisting</th>"
+        f"<th class='num'>resolved</th></tr>{rows or '<tr><td colspan=4>no findings</td></tr>'}"
+        f"</table><p>Review decisions carried over from earlier audits: {carried or 'none'}.</p>"
+    ]
+
+
+def vendor_section(session: Session, audit_id: int) -> list[str]:
+    report = vendor_report(session, audit_id)
+    if not report["items"]:
+        return []
+    rows = "".join(
+        f"<tr><td>{html.escape(row['vendor'])}</td><td class='num'>{row['images']}</td>"
+        f"<td class='num'>{row['estimated_error_rate']:.1%}</td>"
+        f"<td class='num'>{row['ci_low']:.1%} to {row['ci_high']:.1%}</td>"
+        f"<td class='num'>{row['flagged']}</td>"
+        f"<td class='num'>{'' if row['confirmed_error_rate'] is None else format(row['confirmed_error_rate'], '.1%')}"
+        "</td></tr>"
+        for row in report["items"]
+    )
+    png = base64.b64encode(vendor_chart(report)).decode()
+    return [
+        "<h2>Labeling vendors</h2><p>Estimated share of each vendor's labels that are wrong "
+        "(95% interval), from this audit alone; confirmed: errors curators confirmed so far, "
+        "over all the vendor's images.</p><table><tr><th>vendor</th><th class='num'>images</th>"
+        "<th class='num'>estimated error rate</th><th class='num'>95% interval</th>"
+        f"<th class='num'>flagged</th><th class='num'>confirmed</th></tr>{rows}</table>"
+        f'<img alt="vendor error rates" style="max-width:100%" src="data:image/png;base64,{png}">'
+    ]
+
+
 def render_report(session: Session, audit_id: int) -> str:
     audit = session.get(Audit, audit_id)
     dataset = session.get(Dataset, audit.dataset_id)
@@ -132,6 +190,8 @@ def render_report(session: Session, audit_id: int) -> str:
     for kind, count in summary.get("findings", {}).items():
         parts.append(f"<tr><td>{escape(kind)}</td><td class='num'>{count}</td></tr>")
     parts.append("</table>")
+    parts += change_section(session, audit)
+    parts += vendor_section(session, audit_id)
     parts += hierarchy_sections(session, audit_id)
     parts.append(
         "<h2>Classes</h2><table><tr><th>class</th><th class='num'>images</th>"

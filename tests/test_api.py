@@ -37,6 +37,7 @@ from auditor.demo import build_demo_dataset
 from auditor.ingest.ingest import ingest, load_image_table
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.stages import hierarchy_analyses
+from auditor.vendors.analysis import vendor_analysis
 from auditor.webhooks import collect_audit_events, deliver_due, verify
 
 API = "/api/v1"
@@ -130,6 +131,20 @@ def seed(factory, tmp_path: Path) -> Seeded:
         counts = save_findings(
             session, result.dataset_id, audit.id, drafts, ["mislabel", "near_duplicate"]
         )
+        session.add(
+            AuditAnalysis(
+                audit_id=audit.id,
+                name="vendors",
+                payload=vendor_analysis(
+                    session,
+                    result.dataset_id,
+                    audit.id,
+                    image_ids,
+                    class_names,
+                    probabilities,
+                ),
+            )
+        )
         audit.summary = {
             "findings": dict(counts),
             "classes": [
@@ -218,6 +233,28 @@ def test_datasets_routes(client, seeded, tmp_path):
     assert ("initech", "week1") in {(b["vendor"], b["name"]) for b in batch.json()["items"]}
     assert len(client.get(f"{API}/datasets/{seeded.dataset_id}/batches").json()) == 3
 
+    # A delivery: vendor and batch from the request, an audit queued after ingest.
+    labels.write_text(f"path,label\n{first},two\n")
+    delivered = client.post(
+        f"{API}/datasets/{seeded.dataset_id}/batches",
+        json={"labels_uri": str(labels), "vendor": "hooli", "batch": "w9", "audit": True},
+    )
+    assert delivered.status_code == 201, delivered.text
+    assert delivered.json()["ingest"]["decoded"] == 0
+    assert ("hooli", "w9") in {(b["vendor"], b["name"]) for b in delivered.json()["items"]}
+    queued = client.get(f"{API}/audits/{delivered.json()['audit_id']}").json()
+    assert queued["status"] == "queued"
+    assert_error(
+        client.post(
+            f"{API}/datasets/{seeded.dataset_id}/batches",
+            json={"labels_uri": str(labels), "audit": True, "parameters": {"bogus": 1}},
+        ),
+        400,
+    )
+    assert_error(
+        client.post(f"{API}/datasets/{seeded.dataset_id}/batches", json={"vendor": "x"}), 400
+    )
+
 
 def test_audit_routes(client, seeded):
     audit = client.get(f"{API}/audits/{seeded.audit_id}").json()
@@ -257,6 +294,22 @@ def test_analyses_and_vendors(client, seeded):
     client.post(f"{API}/findings/{finding['id']}/review", json={"action": "confirm", "version": 1})
     vendors = client.get(f"{base}/vendors").json()["items"]
     assert sum(v["confirmed_error_rate"] or 0 for v in vendors) > 0
+    report = client.get(f"{base}/vendors").json()
+    assert report["method"] == "dawid_skene" and report["trend"].keys() == set(VENDORS)
+    assert {b["vendor"] for b in report["batches"]} == set(VENDORS)
+    table = client.get(f"{base}/vendors", params={"format": "csv"})
+    assert table.headers["content-type"].startswith("text/csv")
+    assert table.text.splitlines()[0].startswith("level,vendor,batch,class,images")
+    chart = client.get(f"{base}/vendors", params={"format": "png"})
+    assert chart.headers["content-type"] == "image/png" and chart.content[:4] == b"\x89PNG"
+    assert_error(client.get(f"{base}/vendors", params={"format": "gif"}), 422)
+
+    diff = client.get(f"{base}/diff").json()
+    assert diff["previous_audit_id"] is None and diff["counts"]["resolved"] == {}
+    assert sum(diff["counts"]["new"].values()) == sum(
+        client.get(f"{base}").json()["findings"].values()
+    )
+    assert_error(client.get(f"{API}/audits/999999/diff"), 404)
 
 
 def test_findings_filters_and_counts(client, seeded):

@@ -49,6 +49,35 @@ def test_dataset_add_json_contract_and_errors(tmp_path):
     assert "Traceback" not in missing.stderr
 
 
+def test_dataset_deliver_adds_only_listed_images_with_vendor(tmp_path):
+    root = tmp_path / "pets"
+    (root / "cat").mkdir(parents=True)
+    for i in range(3):
+        (root / "cat" / f"{i}.png").write_bytes(encode(noise_image(i), "PNG"))
+    delivery = tmp_path / "week2.csv"
+    delivery.write_text("path,label,batch\ndog/0.png,dog,w2\ndog/missing.png,dog,w2\n")
+    done = auditor(tmp_path, "dataset", "deliver", "pets", str(delivery))
+    assert done.returncode == 2 and "dataset add" in done.stderr
+    assert auditor(tmp_path, "dataset", "add", "pets", str(root)).returncode == 0
+
+    # New files arrive in the source; the delivery names one of them (and one that is absent).
+    (root / "dog").mkdir()
+    for i in range(2):
+        (root / "dog" / f"{i}.png").write_bytes(encode(noise_image(10 + i), "PNG"))
+    done = auditor(
+        tmp_path, "dataset", "deliver", "pets", str(delivery), "--vendor", "acme", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout.strip().splitlines()[-1])
+    assert payload["images"] == 5 and payload["decoded"] == 2
+    assert sum(payload["findings"].values()) >= 1
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text("label\ncat\n")
+    done = auditor(tmp_path, "dataset", "deliver", "pets", str(broken))
+    assert done.returncode == 2 and "path" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_db_upgrade(tmp_path):
     done = auditor(tmp_path, "db", "upgrade")
     assert done.returncode == 0, done.stderr

@@ -15,14 +15,11 @@ from auditor.auth import Principal
 from auditor.export import export_audit
 from auditor.pipeline.jobs import cancel_audit
 from auditor.services import Invalid
-from auditor.services.audits import (
-    analysis,
-    audit_dict,
-    class_table,
-    get_audit,
-    vendor_rates,
-)
+from auditor.services.audits import analysis, audit_dict, class_table, get_audit
+from auditor.services.diff import audit_diff
 from auditor.services.findings import FindingFilters, list_findings
+from auditor.services.vendors import vendor_report
+from auditor.vendors import vendor_chart, vendor_csv
 
 router = APIRouter(prefix=f"{API_PREFIX}/audits", tags=["audits"], responses=ERROR_RESPONSES)
 AuditId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
@@ -114,10 +111,50 @@ def get_layers(audit_id: AuditId, principal: Reader, session: SessionDep):
     return analysis(session, audit_id, "layers")
 
 
-@router.get("/{audit_id}/vendors", response_model=schemas.VendorsOut)
-def get_vendors(audit_id: AuditId, principal: Reader, session: SessionDep):
+VENDOR_CONTENT = {
+    200: {
+        "description": "The vendor report",
+        "content": {"text/csv": {"schema": {"type": "string"}}, "image/png": {}},
+    }
+}
+
+
+@router.get("/{audit_id}/vendors", response_model=schemas.VendorsOut, responses=VENDOR_CONTENT)
+def get_vendors(
+    audit_id: AuditId,
+    principal: Reader,
+    session: SessionDep,
+    format: Literal["json", "csv", "png"] = "json",
+):
+    """Estimated label error rates per vendor, batch and vendor-and-class (95 % intervals),
+    rates confirmed by reviews so far, agreement where vendors overlap, and the trend across
+    audits. `format=csv` or `png` for the report file or chart. A vendor key sees its own."""
     visible_audit(session, principal, audit_id)
-    return {"items": vendor_rates(session, audit_id, principal.vendor)}
+    report = vendor_report(session, audit_id, principal.vendor)
+    if format == "csv":
+        return Response(
+            vendor_csv(report),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="audit-{audit_id}-vendors.csv"'},
+        )
+    if format == "png":
+        return Response(vendor_chart(report), media_type="image/png")
+    return report
+
+
+@router.get("/{audit_id}/diff", response_model=schemas.DiffOut)
+def get_diff(
+    audit_id: AuditId,
+    principal: Reader,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=0, le=100_000)] = 1000,
+):
+    """New, persisting and resolved findings against the dataset's previous completed audit
+    (resolved ids are that audit's findings), and the review decisions carried over."""
+    visible_audit(session, principal, audit_id)
+    if principal.vendor is not None:
+        raise Invalid("the diff covers the whole dataset; a vendor key cannot read it")
+    return audit_diff(session, audit_id, limit)
 
 
 EXPORT_CONTENT = {

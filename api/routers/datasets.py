@@ -13,7 +13,7 @@ from api.errors import ERROR_RESPONSES
 from api.routers import API_PREFIX
 from auditor.check_image import check_image
 from auditor.services import Invalid
-from auditor.services.audits import audit_dict, queue_audit
+from auditor.services.audits import audit_dict, check_parameters, queue_audit
 from auditor.services.datasets import (
     add_batch,
     dataset_dict,
@@ -93,14 +93,28 @@ def create_batch(
     settings: SettingsDep,
     session: SessionDep,
 ):
-    """Refresh the dataset from its source and apply a vendor's label file, if any."""
+    """Ingest a delivery (new images and/or new labels, with vendor and batch), or refresh the
+    dataset from its source; optionally queue an audit of the result."""
     ensure_dataset(principal, dataset_id)
+    if body.audit:
+        check_parameters(body.parameters)
     result = add_batch(
-        factory, settings, request.app.state.source_roots, dataset_id, body.labels_uri
+        factory,
+        settings,
+        request.app.state.source_roots,
+        dataset_id,
+        body.labels_uri,
+        body.vendor,
+        body.batch,
     )
+    audit_id = None
+    if body.audit:
+        audit_id = queue_audit(session, dataset_id, body.parameters).id
+        session.commit()
     return {
         "ingest": ingest_out(result),
         "items": [vars_of(b) for b in list_batches(session, dataset_id)],
+        "audit_id": audit_id,
     }
 
 

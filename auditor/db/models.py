@@ -247,6 +247,14 @@ class Finding(Base):
     status: Mapped[str] = mapped_column(String(20), default=ReviewStatus.OPEN)
     reviewer: Mapped[str | None] = mapped_column(String(200))
     version: Mapped[int] = mapped_column(Integer, default=1)
+    subject: Mapped[str | None] = mapped_column(
+        String(300), doc="The key without its scope: the same problem in another audit."
+    )
+    subject_state: Mapped[str | None] = mapped_column(
+        String(64),
+        doc="Digest of the members' content and current labels as last decided on; a review "
+        "carries over to a later audit's finding while this is unchanged.",
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -355,5 +363,7 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column()
 
 
+# Earlier decisions on the same problem, looked up when an audit writes its findings.
+Index("ix_findings_dataset_subject", Finding.dataset_id, Finding.subject)
 # Keyset pagination of an audit's findings by (score, id), the API's default order.
 Index("ix_findings_audit_score_id", Finding.audit_id, Finding.score, Finding.id)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from auditor.db.models import Finding, FindingImage, Image
+from auditor.db.models import Batch, Class, Finding, FindingImage, Image, Label
+
+# Label sources that are not labeling vendors: the dataset's own labels and curators' relabels.
+NON_VENDOR_SOURCES = ("source", "review")
 
 
 def found_paths_by_kind(
@@ -30,3 +33,33 @@ def found_paths_by_kind(
     for kind, paths in grouped.values():
         result.setdefault(kind, []).append(paths)
     return result
+
+
+def current_vendor_labels(
+    session: Session, dataset_id: int
+) -> list[tuple[int, str, str, str | None, int | None]]:
+    """(image id, vendor, class name, batch name, batch id) of every vendor's current label."""
+    rows = session.execute(
+        select(Label.image_id, Label.source, Class.name, Batch.name, Label.batch_id)
+        .join(Class, Class.id == Label.class_id)
+        .join(Image, Image.id == Label.image_id)
+        .outerjoin(Batch, Batch.id == Label.batch_id)
+        .where(
+            Image.dataset_id == dataset_id,
+            Label.is_current.is_(True),
+            Label.source.not_in(NON_VENDOR_SOURCES),
+        )
+        .order_by(Label.id)
+    )
+    return [tuple(row) for row in rows]
+
+
+def flagged_image_ids(session: Session, audit_id: int, kind: str) -> set[int]:
+    """Images in the audit's issue findings of one kind."""
+    return set(
+        session.scalars(
+            select(FindingImage.image_id)
+            .join(Finding, Finding.id == FindingImage.finding_id)
+            .where(Finding.audit_id == audit_id, Finding.kind == kind, Finding.is_issue.is_(True))
+        )
+    )

@@ -185,12 +185,14 @@ class FeatureStore:
         self._verify_used(shas, list(layers))
         return self._locate(shas)[0]
 
-    def read(self, shas: Sequence[str], dims: dict[str, int]) -> dict[str, np.ndarray]:
+    def read(
+        self, shas: Sequence[str], dims: dict[str, int], dtype: type = np.float32
+    ) -> dict[str, np.ndarray]:
         """Rows aligned with `shas` for each layer in `dims`; zeros where a hash is absent."""
         self._verify_used(shas, list(dims))
         found, shard_numbers, rows = self._locate(shas)
         shards = list(self.shards.values())
-        result = {layer: np.zeros((len(shas), dim), np.float32) for layer, dim in dims.items()}
+        result = {layer: np.zeros((len(shas), dim), dtype) for layer, dim in dims.items()}
         for number in np.unique(shard_numbers[found]):
             selected = found & (shard_numbers == number)
             for layer, out in result.items():

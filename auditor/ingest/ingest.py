@@ -21,11 +21,13 @@ from auditor.hierarchy.given import parse_hierarchy
 from auditor.hierarchy.tree import HierarchyError
 from auditor.ingest.decode import DecodeOutcome, decode_chunk
 from auditor.ingest.sources import (
+    Delivery,
     PathRefused,
     Source,
     SourceEntry,
     SourceError,
     apply_labels_file,
+    delivery_entries,
     normalise_member_path,
     open_source,
 )
@@ -293,14 +295,20 @@ def ingest(
     classes_file: Path | None = None,
     progress: ProgressCallback | None = None,
     hierarchy_file: Path | None = None,
+    delivery: Delivery | None = None,
 ) -> IngestResult:
     """Register or refresh dataset `name` from `source_uri`; raises SourceError for a bad source,
-    class list or hierarchy, before anything is written."""
+    class list or hierarchy, before anything is written. With a `delivery`, only the images its
+    manifest names are touched: new ones are decoded, known unchanged ones only get the labels."""
     source = open_source(source_uri)
     taxonomy = read_taxonomy(classes_file)
-    entries: Iterable[SourceEntry] = source.entries()
-    if labels_file is not None:
-        entries = apply_labels_file(entries, labels_file)
+    entries: Iterable[SourceEntry]
+    if delivery is not None:
+        entries = delivery_entries(delivery)
+    else:
+        entries = source.entries()
+        if labels_file is not None:
+            entries = apply_labels_file(entries, labels_file)
     planned, duplicate_rows = plan_entries(entries)
     if not planned:
         raise SourceError(f"no images found in {source_uri}")
@@ -329,7 +337,7 @@ def ingest(
                 if source.stamp(path) == image.source_stamp:
                     unchanged += 1
                     continue
-            except PathRefused:
+            except (PathRefused, OSError):
                 pass
         to_decode.append(path)
 
@@ -345,7 +353,8 @@ def ingest(
             if image is None:
                 image = images[path] = Image(dataset_id=dataset_id, path=path)
                 session.add(image)
-            image.split = item.entry.split
+            if delivery is None or item.entry.split is not None:
+                image.split = item.entry.split
             if item.refused:
                 apply_outcome(image, DecodeOutcome(path, None, ImageStatus.REFUSED, item.refused))
             elif path in outcomes:

@@ -373,6 +373,36 @@ def open_source(uri: str | Path) -> Source:
     )
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A labeling vendor's delivery: a `path,label[,split][,vendor][,batch]` manifest naming new
+    images (paths under the dataset's source) and/or new labels for images already registered.
+    `vendor` and `batch` fill rows that leave those columns empty."""
+
+    manifest: Path
+    vendor: str | None = None
+    batch: str | None = None
+
+
+def delivery_entries(delivery: Delivery) -> list[SourceEntry]:
+    if not delivery.manifest.is_file():
+        raise SourceError(f"delivery manifest not found: {delivery.manifest}")
+    text = delivery.manifest.read_text(encoding="utf-8-sig")
+    rows = [
+        replace(
+            row,
+            vendor=row.vendor or delivery.vendor,
+            batch=row.batch or delivery.batch,
+        )
+        for row in read_manifest_rows(
+            text, delivery.manifest.suffix.lower(), delivery.manifest.name
+        )
+    ]
+    if not rows:
+        raise SourceError(f"delivery manifest {delivery.manifest} names no images")
+    return rows
+
+
 def apply_labels_file(entries: Iterator[SourceEntry], labels_file: Path) -> Iterator[SourceEntry]:
     """Override labels (and vendor, batch, split when given) from a `path,label` CSV or JSONL."""
     if not labels_file.is_file():

@@ -25,6 +25,7 @@ STAGE_OUTPUTS = {
     "index": "index.npz",
     "hierarchy": "hierarchy.json",
     "checks": "checks.json",
+    "vendors": "vendors.json",
     "summarise": "summary.json",
 }
 HEARTBEAT_SECONDS = 2.0

@@ -6,6 +6,7 @@ predict    out-of-sample probabilities (+ per-layer features when a CNN is train
 index      the shared kNN graph over the search vectors
 hierarchy  the learned class tree, blocks, layer separability, comparison with a given tree
 checks     every registered check; findings written in one transaction
+vendors    error rates per labeling vendor, batch and vendor-and-class
 summarise  per-class and overall figures stored with the audit
 """
 
@@ -26,7 +27,7 @@ from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
 from auditor.embed.cache import FeatureStore, embed_with_cache
 from auditor.embed.distributed import BackboneSpec, embed_with_ray
 from auditor.embed.extract import resolve_device
-from auditor.embed.pixels import duplicate_descriptor, load_pixels
+from auditor.embed.pixels import duplicate_descriptor, load_pixels_cached, pixel_store
 from auditor.embed.weights import hub_checkpoint_path
 from auditor.hierarchy import (
     HierarchyError,
@@ -46,6 +47,7 @@ from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.summary import summarise_audit
 from auditor.predict.heads import kfold_head_probabilities
 from auditor.predict.strategies import out_of_sample_probabilities
+from auditor.vendors.analysis import vendor_analysis
 
 SEARCH_LAYER = "pool"
 # Without pretrained weights: k-means patch heads averaged with a cross-fitted CNN, which also
@@ -134,15 +136,16 @@ def embed_stage(ctx: AuditContext) -> None:
     source = open_source(ctx.source_uri)
     pretrained = pretrained_backbone(ctx)
     if pretrained is None:
-        pixels, ok = load_pixels(
+        pixels, ok, decoded = load_pixels_cached(
+            pixel_store(ctx.settings.data_dir, ctx.parameter("side")),
             source,
-            paths,
-            ctx.parameter("side"),
+            list(zip(shas, paths, strict=True)),
             ctx.settings.worker_count(),
             ctx.settings.max_image_pixels,
             progress=lambda done, total: ctx.report(done / max(total, 1)),
         )
         ctx.artifacts.save_arrays("embed", pixels=pixels, ok=ok)
+        ctx.artifacts.save_json("embed_counts", {"decoded": decoded, "reused": len(shas) - decoded})
         return
     spec = BackboneSpec(*pretrained, typical_side=ctx.parameter("side"))
     backbone = spec.build(resolve_device(ctx.settings.device))
@@ -154,6 +157,9 @@ def embed_stage(ctx: AuditContext) -> None:
         )
     else:
         embedded = embed_with_cache(items, source, backbone, store, progress=False)
+    ctx.artifacts.save_json(
+        "embed_counts", {"embedded": embedded.embedded, "reused": embedded.reused}
+    )
     ok = np.ones(len(shas), dtype=bool)
     ok[[failure.index for failure in embedded.failures]] = False
     ctx.artifacts.save_arrays(
@@ -168,6 +174,7 @@ def predict_stage(ctx: AuditContext) -> None:
     labels, n_classes = frozen["labels"], len(frozen["class_names"])
     ok = embedded["ok"]
     layer_features: dict[str, np.ndarray]
+    components: dict[str, np.ndarray] = {}
     if "pixels" in embedded:
         strategy = ctx.parameter("strategy")
         result = out_of_sample_probabilities(
@@ -180,6 +187,7 @@ def predict_stage(ctx: AuditContext) -> None:
             epochs=ctx.parameter("epochs"),
         )
         probabilities, layer_features = result.probabilities, result.layer_features
+        components = result.components
     else:
         layer_features = {
             key.removeprefix("layer_"): value[ok]
@@ -199,6 +207,7 @@ def predict_stage(ctx: AuditContext) -> None:
         probabilities=probabilities,
         layer_order=np.array(list(layer_features), dtype=str),
         **{f"layer_{name}": v.astype(np.float32) for name, v in layer_features.items()},
+        **{f"component_{name}": v.astype(np.float32) for name, v in components.items()},
     )
 
 
@@ -330,11 +339,32 @@ def checks_stage(ctx: AuditContext) -> None:
     ctx.artifacts.save_json("checks", {"findings": dict(counts), "kinds": kinds})
 
 
+def vendors_stage(ctx: AuditContext) -> None:
+    """Error rates of the labeling vendors whose labels the audited images carry."""
+    frozen, predicted = frozen_inputs(ctx), predictions(ctx)
+    ok = predicted["ok"]
+    with ctx.factory() as session, session.begin():
+        payload = vendor_analysis(
+            session,
+            ctx.dataset_id,
+            ctx.audit_id,
+            frozen["image_ids"][ok],
+            [str(name) for name in frozen["class_names"]],
+            predicted["probabilities"],
+            [value for key, value in predicted.items() if key.startswith("component_")],
+        )
+        if payload:
+            session.merge(AuditAnalysis(audit_id=ctx.audit_id, name="vendors", payload=payload))
+    ctx.artifacts.save_json("vendors", payload)
+
+
 def summarise_stage(ctx: AuditContext) -> None:
     with ctx.factory() as session:
         inputs = check_inputs(ctx, session)
     findings = Counter((ctx.artifacts.load_json("checks") or {}).get("findings", {}))
-    ctx.artifacts.save_json("summary", summarise_audit(inputs, findings))
+    summary = summarise_audit(inputs, findings)
+    summary["embedding"] = ctx.artifacts.load_json("embed_counts") or {}
+    ctx.artifacts.save_json("summary", summary)
 
 
 STAGES: list[tuple[str, Callable[[AuditContext], None]]] = [
@@ -344,5 +374,6 @@ STAGES: list[tuple[str, Callable[[AuditContext], None]]] = [
     ("index", index_stage),
     ("hierarchy", hierarchy_stage),
     ("checks", checks_stage),
+    ("vendors", vendors_stage),
     ("summarise", summarise_stage),
 ]

@@ -67,11 +67,13 @@ LEAKS_OWN_LABEL = {
 @dataclass
 class OutOfSample:
     """Probabilities (n, n_classes), rows summing to 1, plus per-layer features of the trained
-    network (empty for `heads`), keyed by tap name from input side to output side."""
+    network (empty for `heads`), keyed by tap name from input side to output side. An ensemble
+    also keeps each member's probabilities: independent opinions for the vendor estimates."""
 
     probabilities: np.ndarray
     layer_features: dict[str, np.ndarray] = field(default_factory=dict)
     strategy: str = ""
+    components: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _normalised(probabilities: np.ndarray) -> np.ndarray:
@@ -139,7 +141,11 @@ def _patch_cnn(images, labels, n_classes, folds, seed, config, head) -> OutOfSam
     CNN's layers serve search and the per-layer hierarchy analysis."""
     patch = _patch_heads(images, labels, n_classes, folds, seed)
     cnn = _cnn_crossfit(images, labels, n_classes, folds, seed, config, head)
-    return OutOfSample((patch.probabilities + cnn.probabilities) / 2, cnn.layer_features)
+    return OutOfSample(
+        (patch.probabilities + cnn.probabilities) / 2,
+        cnn.layer_features,
+        components={"patch_heads": patch.probabilities, "cnn_crossfit": cnn.probabilities},
+    )
 
 
 def _cnn_once_heads(images, labels, n_classes, folds, seed, config, head) -> OutOfSample:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from auditor.config import Settings
 from auditor.db.models import Batch, Class, Dataset, Image
 from auditor.ingest.ingest import IngestResult, ingest
-from auditor.ingest.sources import SourceError
+from auditor.ingest.sources import Delivery, SourceError
 from auditor.services import Conflict, Forbidden, Invalid, NotFound
 
 
@@ -93,16 +93,23 @@ def add_batch(
     settings: Settings,
     roots: list[Path],
     dataset_id: int,
-    labels_uri: str | None,
+    manifest_uri: str | None,
+    vendor: str | None = None,
+    batch: str | None = None,
 ) -> IngestResult:
-    """Refresh the dataset from its source (new and changed files), applying a vendor's label
-    file (`path,label,vendor,batch`) when given: each vendor/batch pair becomes a batch row."""
+    """Ingest a vendor's delivery (only the images its manifest names: new ones are decoded,
+    known unchanged ones keep their cached decode and features); without a manifest, refresh
+    the dataset from its source. Each vendor/batch pair becomes a batch row."""
     with factory() as session:
         dataset = get_dataset(session, dataset_id)
         name, source = dataset.name, dataset.source_uri
-    labels = allowed_path(labels_uri, roots) if labels_uri else None
+    delivery = None
+    if manifest_uri:
+        delivery = Delivery(allowed_path(manifest_uri, roots), vendor, batch)
+    elif vendor or batch:
+        raise Invalid("vendor and batch describe a delivery: send its manifest as labels_uri")
     try:
-        return ingest(factory, name, source, settings, labels)
+        return ingest(factory, name, source, settings, delivery=delivery)
     except SourceError as exc:
         raise Invalid(str(exc)) from exc
 

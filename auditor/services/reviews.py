@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from auditor.db.findings import image_states, subject_state
 from auditor.db.models import Class, Dataset, Finding, Label, Review, ReviewStatus, utcnow
 from auditor.services import Conflict, Invalid, NotFound
 from auditor.webhooks import enqueue_event
@@ -134,6 +135,9 @@ def relabel_images(session: Session, finding: Finding, new_label: str) -> None:
             Label(image_id=image_id, class_id=cls.id, source=REVIEW_LABEL_SOURCE, is_current=True)
         )
     session.flush()
+    # The decision now covers the curator's label: a later audit that still disagrees with it
+    # keeps the finding resolved rather than asking again.
+    finding.subject_state = subject_state(image_ids, image_states(session, dataset.id, image_ids))
 
 
 def review_history(session: Session, finding_id: int) -> list[Review]:

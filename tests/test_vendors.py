@@ -1,0 +1,353 @@
+"""Vendor deliveries, error-rate estimates, review memory across audits and audit diffs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from auditor.checks.base import FindingDraft
+from auditor.config import Settings
+from auditor.db.findings import save_findings
+from auditor.db.models import Audit, AuditStatus, Finding, Image, utcnow
+from auditor.demo import build_demo_dataset
+from auditor.ingest.ingest import ingest
+from auditor.ingest.sources import Delivery
+from auditor.pipeline.audit import create_audit, run_audit
+from auditor.services.diff import audit_diff
+from auditor.services.reviews import ReviewRequest, review_finding
+from auditor.services.vendors import vendor_report
+from auditor.vendors import VendorLabels, vendor_chart, vendor_csv, vendor_estimates
+from auditor.vendors.estimate import wilson_interval
+
+
+def synthetic_vendors(seed: int = 0, n: int = 6000, rates=(0.05, 0.15, 0.35)):
+    """Three vendors with known error rates on disjoint thirds, and two models that are right
+    about 70 % of the time and confuse neighbouring classes, as human labelers do."""
+    rng = np.random.default_rng(seed)
+    k = 10
+    truth = rng.integers(0, k, n)
+    vendor = np.arange(n) % 3
+    given = truth.copy()
+    for v, rate in enumerate(rates):
+        wrong = (vendor == v) & (rng.random(n) < rate)
+        given[wrong] = (truth[wrong] + rng.choice([-1, 1, 2], wrong.sum())) % k
+    models = []
+    for _ in range(2):
+        logits = rng.normal(0, 1.0, (n, k))
+        logits[np.arange(n), truth] += 2.5
+        logits[np.arange(n), (truth + 1) % k] += 1.0
+        models.append(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
+    true_rates = [float((given[vendor == v] != truth[vendor == v]).mean()) for v in range(3)]
+    return models, given, truth, vendor, true_rates
+
+
+def vendor_labels_of(given, vendor, names=("good", "fair", "poor")) -> VendorLabels:
+    return VendorLabels(
+        rows=np.arange(len(given)),
+        classes=given,
+        vendors=[names[v] for v in vendor],
+        batches=[f"b{i % 2}" for i in range(len(given))],
+        batch_ids=[1 + 10 * int(v) + i % 2 for i, v in enumerate(vendor)],
+    )
+
+
+def test_estimates_recover_known_vendor_error_rates():
+    models, given, truth, vendor, true_rates = synthetic_vendors()
+    assert 0.6 < (models[0].argmax(axis=1) == truth).mean() < 0.8
+    flagged = models[0][np.arange(len(given)), given] < 0.2
+    payload = vendor_estimates(
+        models, vendor_labels_of(given, vendor), [str(c) for c in range(10)], flagged
+    )
+    rows = {row["vendor"]: row for row in payload["vendors"]}
+    for name, true in zip(("good", "fair", "poor"), true_rates, strict=True):
+        row = rows[name]
+        assert abs(row["estimated_error_rate"] - true) < 0.03, (name, row, true)
+        assert row["ci_low"] <= row["estimated_error_rate"] <= row["ci_high"]
+        assert row["images"] == 2000
+    estimated = [rows[name]["estimated_error_rate"] for name in ("good", "fair", "poor")]
+    assert estimated == sorted(estimated)
+    assert len(payload["batches"]) == 6 and {r["batch"] for r in payload["batches"]} == {"b0", "b1"}
+    assert sum(r["images"] for r in payload["vendor_classes"]) == len(given)
+    assert payload["agreement"] == []
+
+
+def test_overlapping_vendors_vote_and_report_agreement():
+    """Where the model is unsure, two vendors who agree outvote a third."""
+    probabilities = np.array(
+        [[0.34, 0.33, 0.33], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.9, 0.05, 0.05]]
+    )
+    labels = VendorLabels(
+        rows=np.array([0, 0, 0, 1, 2, 3, 3]),
+        classes=np.array([1, 1, 2, 0, 1, 0, 0]),
+        vendors=["a", "b", "c", "a", "b", "a", "c"],
+        batches=["x"] * 7,
+        batch_ids=[None] * 7,
+    )
+    payload = vendor_estimates([probabilities], labels, ["p", "q", "r"], np.zeros(4, bool))
+    rates = {row["vendor"]: row["estimated_error_rate"] for row in payload["vendors"]}
+    assert rates["c"] == pytest.approx(0.5, abs=0.02)  # wrong on image 0, right on image 3
+    assert rates["a"] == pytest.approx(0.0, abs=0.02)
+    agreement = {(r["vendor_a"], r["vendor_b"]): r for r in payload["agreement"]}
+    assert agreement[("a", "b")]["agreement"] == 1.0 and agreement[("a", "b")]["images"] == 1
+    assert agreement[("a", "c")] == {
+        "vendor_a": "a",
+        "vendor_b": "c",
+        "images": 2,
+        "agreement": 0.5,
+    }
+
+
+def test_wilson_interval_bounds():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(0, 50)
+    assert low == 0.0 and 0.0 < high < 0.1
+    low, high = wilson_interval(50, 100)
+    assert low < 0.5 < high and high - low < 0.2
+
+
+def write_delivery(path: Path, rows: list[tuple[str, str]], vendor=None, batch=None) -> Path:
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "vendor", "batch"])
+        for image, label in rows:
+            writer.writerow([image, label, vendor or "", batch or ""])
+    return path
+
+
+def draft(kind: str, subject: str, image_ids: list[int], label: str = "one") -> FindingDraft:
+    return FindingDraft(
+        kind=kind, subject=subject, image_ids=image_ids, score=0.9, given_label=label
+    )
+
+
+def completed_audit(factory, dataset_id: int) -> int:
+    with factory() as session, session.begin():
+        audit = Audit(
+            dataset_id=dataset_id,
+            status=AuditStatus.COMPLETED,
+            finished_at=utcnow(),
+            progress=1.0,
+        )
+        session.add(audit)
+        session.flush()
+        return audit.id
+
+
+@pytest.fixture
+def delivered(session_factory, tmp_path):
+    """Digits registered through one delivery from vendor acme (the twos and threes)."""
+    settings = Settings(data_dir=tmp_path / "data", workers=1)
+    root = tmp_path / "digits"
+    build_demo_dataset(root, per_class=8, mislabel_rate=0.0)
+    files = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("digit_*.png") if "_copy" not in p.name
+    )
+    first = [(f, f.split("/")[0]) for f in files if f.split("/")[0] in ("two", "three")]
+    manifest = write_delivery(tmp_path / "week1.csv", first)
+    result = ingest(
+        session_factory, "digits", root, settings, delivery=Delivery(manifest, "acme", "week1")
+    )
+    return settings, root, files, result
+
+
+def image_id_of(factory, dataset_id: int, path: str) -> int:
+    with factory() as session:
+        return session.scalar(
+            select(Image.id).where(Image.dataset_id == dataset_id, Image.path == path)
+        )
+
+
+def delivered_paths(factory, dataset_id: int) -> list[str]:
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(Image.path).where(Image.dataset_id == dataset_id).order_by(Image.path)
+            )
+        )
+
+
+def test_review_memory_carries_decisions_until_image_or_label_changes(
+    session_factory, delivered, tmp_path
+):
+    settings, root, files, result = delivered
+    dataset_id = result.dataset_id
+    paths = delivered_paths(session_factory, dataset_id)[:3]
+    a, b, c = (image_id_of(session_factory, dataset_id, p) for p in paths)
+    subjects = [("mislabel", str(a), [a]), ("mislabel", str(b), [b]), ("mislabel", str(c), [c])]
+    subjects.append(("near_duplicate", f"{a}-{b}", [a, b]))
+
+    def audit_with(drafts) -> int:
+        audit_id = completed_audit(session_factory, dataset_id)
+        with session_factory() as session, session.begin():
+            counts = save_findings(
+                session,
+                dataset_id,
+                audit_id,
+                [draft(k, s, ids) for k, s, ids in drafts],
+                ["mislabel", "near_duplicate"],
+            )
+        return audit_id, counts
+
+    first, counts = audit_with(subjects)
+    assert counts == {"mislabel": 3, "near_duplicate": 1}
+    with session_factory() as session, session.begin():
+        found = {
+            f.subject: f for f in session.scalars(select(Finding).where(Finding.audit_id == first))
+        }
+        for subject, action in ((f"mislabel:{a}", "dismiss"), (f"mislabel:{b}", "confirm")):
+            review_finding(session, found[subject].id, ReviewRequest(action, version=1))
+        review_finding(
+            session,
+            found[f"mislabel:{c}"].id,
+            ReviewRequest("relabel", version=1, new_label="nine", reviewer="ann"),
+        )
+
+    second, counts = audit_with(subjects)
+    with session_factory() as session:
+        again = {
+            f.subject: f for f in session.scalars(select(Finding).where(Finding.audit_id == second))
+        }
+        statuses = {s: f.status for s, f in again.items()}
+        carried = again[f"mislabel:{c}"].evidence["carried_review"]
+    assert statuses == {
+        f"mislabel:{a}": "dismissed",
+        f"mislabel:{b}": "confirmed",
+        f"mislabel:{c}": "relabeled",
+        f"near_duplicate:{a}-{b}": "open",
+    }
+    assert carried["audit_id"] == first and carried["reviewer"] == "ann"
+    # Dismissed and relabeled are settled, so not raised; the confirmed error still counts.
+    assert counts == {"mislabel": 1, "near_duplicate": 1}
+
+    # A vendor relabels image a: the dismissal was about the old label, so it is asked again.
+    changed = write_delivery(tmp_path / "fix.csv", [(paths[0], "seven")], "globex", "fix1")
+    ingest(session_factory, "digits", root, settings, delivery=Delivery(changed))
+    third, _ = audit_with(subjects)
+    with session_factory() as session:
+        statuses = {
+            f.subject: f.status
+            for f in session.scalars(select(Finding).where(Finding.audit_id == third))
+        }
+    assert statuses[f"mislabel:{a}"] == "open"
+    assert statuses[f"mislabel:{b}"] == "confirmed"
+
+    with session_factory() as session:
+        diff = audit_diff(session, second)
+    assert diff["previous_audit_id"] == first
+    assert diff["counts"]["persisting"] == {"mislabel": 1, "near_duplicate": 1}
+    assert diff["counts"]["new"] == {} and diff["carried_reviews"] == {
+        "confirmed": 1,
+        "dismissed": 1,
+        "relabeled": 1,
+    }
+    # Audit 1's dismissed and relabeled findings were settled there already: not "resolved".
+    assert diff["counts"]["resolved"] == {}
+
+
+def test_diff_new_persisting_resolved(session_factory, delivered):
+    _, _, files, result = delivered
+    dataset_id = result.dataset_id
+    ids = [
+        image_id_of(session_factory, dataset_id, p)
+        for p in delivered_paths(session_factory, dataset_id)[:4]
+    ]
+
+    def audit_with(image_ids) -> int:
+        audit_id = completed_audit(session_factory, dataset_id)
+        with session_factory() as session, session.begin():
+            save_findings(
+                session,
+                dataset_id,
+                audit_id,
+                [draft("mislabel", str(i), [i]) for i in image_ids],
+                ["mislabel"],
+            )
+        return audit_id
+
+    first = audit_with(ids[:3])
+    second = audit_with(ids[1:])
+    with session_factory() as session:
+        diff = audit_diff(session, second)
+        by_id = {f.id: f.subject for f in session.scalars(select(Finding))}
+    assert diff["counts"] == {
+        "new": {"mislabel": 1},
+        "persisting": {"mislabel": 2},
+        "resolved": {"mislabel": 1},
+    }
+    assert [by_id[i] for i in diff["finding_ids"]["new"]] == [f"mislabel:{ids[3]}"]
+    assert [by_id[i] for i in diff["finding_ids"]["resolved"]] == [f"mislabel:{ids[0]}"]
+    with session_factory() as session:
+        assert audit_diff(session, first)["previous_audit_id"] is None
+
+
+def test_deliveries_embed_only_new_images_and_report_vendors(session_factory, delivered, tmp_path):
+    settings, root, files, result = delivered
+    first_images = result.images
+    assert first_images >= 16 and result.decoded == first_images
+    parameters = {"backbone": "resnet18", "weights": "none"}
+    first = run_audit(
+        session_factory, settings, create_audit(session_factory, result.dataset_id, parameters)
+    )
+    assert first.status == "completed", first.error
+    assert first.summary["embedding"] == {"embedded": first_images, "reused": 0}
+
+    # Week 2: globex labels the fours and fives and relabels one of acme's images.
+    second_rows = [(f, f.split("/")[0]) for f in files if f.split("/")[0] in ("four", "five")]
+    second_rows.append((delivered_paths(session_factory, result.dataset_id)[0], "three"))
+    manifest = write_delivery(tmp_path / "week2.csv", second_rows, "globex", "week2")
+    delivered_again = ingest(session_factory, "digits", root, settings, delivery=Delivery(manifest))
+    new_images = len(second_rows) - 1
+    assert delivered_again.decoded == new_images
+    assert delivered_again.images == first_images + new_images
+    second = run_audit(
+        session_factory, settings, create_audit(session_factory, result.dataset_id, parameters)
+    )
+    assert second.status == "completed", second.error
+    assert second.summary["embedding"] == {"embedded": new_images, "reused": first_images}
+
+    with session_factory() as session:
+        report = vendor_report(session, second.id)
+        only_globex = vendor_report(session, second.id, "globex")
+    assert {row["vendor"]: row["images"] for row in report["items"]} == {
+        "acme": first_images,
+        "globex": new_images + 1,
+    }
+    assert {(row["vendor"], row["batch"]) for row in report["batches"]} == {
+        ("acme", "week1"),
+        ("globex", "week2"),
+    }
+    assert [row["vendor"] for row in only_globex["items"]] == ["globex"]
+    assert [(r["vendor_a"], r["vendor_b"], r["images"]) for r in report["agreement"]] == [
+        ("acme", "globex", 1)
+    ]
+    assert [p["audit_id"] for p in report["trend"]["acme"]] == [first.id, second.id]
+    assert "globex" not in {v for v, points in report["trend"].items() if len(points) > 1}
+    table = list(csv.DictReader(vendor_csv(report).splitlines()))
+    assert {row["level"] for row in table} == {"vendor", "batch", "vendor_class"}
+    assert vendor_chart(report)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_delivery_rejects_missing_manifest_and_records_missing_images(
+    session_factory, delivered, tmp_path
+):
+    settings, root, _, _ = delivered
+    from auditor.ingest.sources import SourceError
+
+    with pytest.raises(SourceError, match="not found"):
+        ingest(session_factory, "digits", root, settings, delivery=Delivery(tmp_path / "none.csv"))
+    manifest = write_delivery(
+        tmp_path / "bad.csv", [("six/not_there.png", "six"), ("../../etc/passwd", "six")], "acme"
+    )
+    result = ingest(session_factory, "digits", root, settings, delivery=Delivery(manifest))
+    with session_factory() as session:
+        statuses = dict(
+            session.execute(
+                select(Image.path, Image.status).where(Image.dataset_id == result.dataset_id)
+            ).all()
+        )
+    assert statuses["six/not_there.png"] == "missing"
+    assert statuses["../../etc/passwd"] == "refused"

@@ -486,6 +486,52 @@ def export(
 
 
 @app.command()
+def vendors(
+    audit_id: int,
+    format: Annotated[str, typer.Option("--format", help="table, csv, json or png")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write")] = None,
+) -> None:
+    """Estimated label error rate per vendor (95% interval) beside the rates confirmed by
+    reviews; per batch and per class in the csv and json forms."""
+    from auditor.services import ServiceError
+    from auditor.services.vendors import vendor_report
+    from auditor.vendors import vendor_chart, vendor_csv, vendor_json
+
+    if format not in ("table", "csv", "json", "png"):
+        fail("--format must be table, csv, json or png")
+    factory = session_factory(get_settings())
+    try:
+        with factory() as session:
+            report = vendor_report(session, audit_id)
+    except ServiceError as exc:
+        fail(str(exc))
+        raise
+    if format == "table":
+        table = Table(title=f"vendors, audit {audit_id}")
+        for column in ("vendor", "images", "estimated", "95% interval", "confirmed"):
+            table.add_column(column, justify="left" if column == "vendor" else "right")
+        for row in report["items"]:
+            confirmed = row["confirmed_error_rate"]
+            table.add_row(
+                row["vendor"],
+                str(row["images"]),
+                f"{row['estimated_error_rate']:.1%}",
+                f"{row['ci_low']:.1%} to {row['ci_high']:.1%}",
+                "" if confirmed is None else f"{confirmed:.1%}",
+            )
+        console.print(table)
+        return
+    content = {
+        "csv": lambda: vendor_csv(report).encode(),
+        "json": lambda: vendor_json(report).encode(),
+        "png": lambda: vendor_chart(report),
+    }[format]()
+    target = output or Path(f"audit-{audit_id}-vendors.{format}")
+    target.write_bytes(content)
+    console.print(f"wrote {target}")
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface; non-loopback needs AUDITOR_AUTH=1")] = (
         "127.0.0.1"

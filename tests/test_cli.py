@@ -104,3 +104,16 @@ def test_run_json_contract(tmp_path):
     assert payload["findings"]["unreadable"] == 1
     report = (tmp_path / payload["report"]).read_text()
     assert "exact_duplicate" in report and "data:image/png;base64," in report
+
+    # A second run over the same folder: the report shows what changed since the first audit.
+    again = auditor(tmp_path, "run", str(root), "--epochs", "1", "--json")
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout.strip().splitlines()[-1])
+    report = (tmp_path / second["report"]).read_text()
+    assert f"Changes since audit {payload['audit_id']}" in report
+
+    table = auditor(tmp_path, "vendors", str(second["audit_id"]), "--format", "csv", "-o", "v.csv")
+    assert table.returncode == 0, table.stderr
+    assert (tmp_path / "v.csv").read_text().startswith("level,vendor,batch,class,images")
+    missing = auditor(tmp_path, "vendors", "999")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

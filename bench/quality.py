@@ -68,7 +68,9 @@ def scores(flagged: np.ndarray, ranking: np.ndarray, truth: np.ndarray) -> dict[
     }
 
 
-def our_mislabel(probabilities: np.ndarray, pool: np.ndarray, labels: np.ndarray) -> dict:
+def our_mislabel(
+    probabilities: np.ndarray, pool: np.ndarray, labels: np.ndarray, **settings
+) -> dict:
     n = len(labels)
     table = ImageTable(
         ids=np.arange(n), paths=[""] * n, status=["ok"] * n, errors=[None] * n,
@@ -85,7 +87,7 @@ def our_mislabel(probabilities: np.ndarray, pool: np.ndarray, labels: np.ndarray
         probabilities=probabilities,
         knn=knn_graph(search_vectors(pool), 10),
     )
-    labeled, issues, score, _ = REGISTRY["mislabel"]().scores(inputs)
+    labeled, issues, score, _ = REGISTRY["mislabel"](**settings).scores(inputs)
     flagged = np.zeros(n, bool)
     flagged[labeled[issues]] = True
     ranking = np.zeros(n)
@@ -141,7 +143,21 @@ def main() -> None:
                 f"{row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['auroc']:.3f} |"
             )
         methods = {
-            "auditor `mislabel`": our_mislabel(probabilities, pool, labels),
+            "auditor `mislabel` (default: noise posterior, sharpness 3)": our_mislabel(
+                probabilities, pool, labels
+            ),
+            **{
+                f"auditor `mislabel`, noise posterior, sharpness {sharpness}": our_mislabel(
+                    probabilities, pool, labels, sharpness=sharpness
+                )
+                for sharpness in (2.0, 4.0)
+            },
+            "auditor `mislabel`, noise posterior + neighbours 0.5": our_mislabel(
+                probabilities, pool, labels, neighbour_weight=0.5
+            ),
+            "auditor `mislabel`, confident learning + neighbours 0.5": our_mislabel(
+                probabilities, pool, labels, method="confident_learning", neighbour_weight=0.5
+            ),
             "cleanlab `find_label_issues` (same probabilities)": {
                 "flagged": find_label_issues(labels, probabilities),
                 "ranking": 1.0 - get_label_quality_scores(labels, probabilities),

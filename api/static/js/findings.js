@@ -105,7 +105,7 @@ function probabilities(finding) {
     "table",
     { class: "compact" },
     h("caption", {}, "Model probabilities"),
-    h("thead", {}, h("tr", {}, ["Class", "Model", "With neighbours"].map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, ["Class", "Model", "Adjusted"].map((t) => h("th", { scope: "col" }, t)))),
     h(
       "tbody",
       {},

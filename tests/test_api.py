@@ -295,7 +295,7 @@ def test_analyses_and_vendors(client, seeded):
     vendors = client.get(f"{base}/vendors").json()["items"]
     assert sum(v["confirmed_error_rate"] or 0 for v in vendors) > 0
     report = client.get(f"{base}/vendors").json()
-    assert report["method"] == "dawid_skene" and report["trend"].keys() == set(VENDORS)
+    assert report["method"] == "vendor_noise_em" and report["trend"].keys() == set(VENDORS)
     assert {b["vendor"] for b in report["batches"]} == set(VENDORS)
     table = client.get(f"{base}/vendors", params={"format": "csv"})
     assert table.headers["content-type"].startswith("text/csv")

@@ -174,7 +174,6 @@ def predict_stage(ctx: AuditContext) -> None:
     labels, n_classes = frozen["labels"], len(frozen["class_names"])
     ok = embedded["ok"]
     layer_features: dict[str, np.ndarray]
-    components: dict[str, np.ndarray] = {}
     if "pixels" in embedded:
         strategy = ctx.parameter("strategy")
         result = out_of_sample_probabilities(
@@ -187,7 +186,6 @@ def predict_stage(ctx: AuditContext) -> None:
             epochs=ctx.parameter("epochs"),
         )
         probabilities, layer_features = result.probabilities, result.layer_features
-        components = result.components
     else:
         layer_features = {
             key.removeprefix("layer_"): value[ok]
@@ -207,7 +205,6 @@ def predict_stage(ctx: AuditContext) -> None:
         probabilities=probabilities,
         layer_order=np.array(list(layer_features), dtype=str),
         **{f"layer_{name}": v.astype(np.float32) for name, v in layer_features.items()},
-        **{f"component_{name}": v.astype(np.float32) for name, v in components.items()},
     )
 
 
@@ -351,7 +348,6 @@ def vendors_stage(ctx: AuditContext) -> None:
             frozen["image_ids"][ok],
             [str(name) for name in frozen["class_names"]],
             predicted["probabilities"],
-            [value for key, value in predicted.items() if key.startswith("component_")],
         )
         if payload:
             session.merge(AuditAnalysis(audit_id=ctx.audit_id, name="vendors", payload=payload))

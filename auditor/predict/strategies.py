@@ -67,13 +67,11 @@ LEAKS_OWN_LABEL = {
 @dataclass
 class OutOfSample:
     """Probabilities (n, n_classes), rows summing to 1, plus per-layer features of the trained
-    network (empty for `heads`), keyed by tap name from input side to output side. An ensemble
-    also keeps each member's probabilities: independent opinions for the vendor estimates."""
+    network (empty for `heads`), keyed by tap name from input side to output side."""
 
     probabilities: np.ndarray
     layer_features: dict[str, np.ndarray] = field(default_factory=dict)
     strategy: str = ""
-    components: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _normalised(probabilities: np.ndarray) -> np.ndarray:
@@ -141,11 +139,7 @@ def _patch_cnn(images, labels, n_classes, folds, seed, config, head) -> OutOfSam
     CNN's layers serve search and the per-layer hierarchy analysis."""
     patch = _patch_heads(images, labels, n_classes, folds, seed)
     cnn = _cnn_crossfit(images, labels, n_classes, folds, seed, config, head)
-    return OutOfSample(
-        (patch.probabilities + cnn.probabilities) / 2,
-        cnn.layer_features,
-        components={"patch_heads": patch.probabilities, "cnn_crossfit": cnn.probabilities},
-    )
+    return OutOfSample((patch.probabilities + cnn.probabilities) / 2, cnn.layer_features)
 
 
 def _cnn_once_heads(images, labels, n_classes, folds, seed, config, head) -> OutOfSample:

@@ -18,11 +18,9 @@ def vendor_analysis(
     image_ids: np.ndarray,
     class_names: list[str],
     probabilities: np.ndarray,
-    components: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Rates for the vendors whose current labels the audited images (`image_ids`, aligned with
-    the probability rows) carry; empty when no image has a vendor label. `components` are the
-    ensemble members' probabilities where the audit has several models."""
+    the probability rows) carry; empty when no image has a vendor label."""
     row_of = {int(image_id): row for row, image_id in enumerate(image_ids)}
     class_index = {name: i for i, name in enumerate(class_names)}
     vendor_rows = [row for row in current_vendor_labels(session, dataset_id) if row[0] in row_of]
@@ -37,4 +35,4 @@ def vendor_analysis(
     )
     flagged = flagged_image_ids(session, audit_id, "mislabel")
     flagged_rows = np.array([int(image_id) in flagged for image_id in image_ids], dtype=bool)
-    return vendor_estimates(components or [probabilities], vendor_labels, class_names, flagged_rows)
+    return vendor_estimates(probabilities, vendor_labels, class_names, flagged_rows)

@@ -2,17 +2,17 @@
 without ground truth.
 
 The share of a vendor's labels that an audit flags is a poor error rate: the flagging threshold's
-precision and recall enter the figure, and both move with the vendor's noise level. A single
-model's disagreement is no better where the model itself errs often: its mistakes count against
-every vendor alike, pulling all the rates together (bench/results/vendors-*.md).
+precision and recall enter the figure, and both move with the vendor's noise level. A model's
+plain disagreement is no better where the model itself errs often: its mistakes count against
+every vendor alike and pull all the rates together (bench/results/vendors-*.md).
 
-So the rates come from a latent-class model (Dawid and Skene, 1979): every image has an unknown
-true class; each opinion on it, a vendor's label or a model's prediction, is drawn from that
-opinion-giver's own confusion matrix. Expectation-maximisation estimates the class priors, every
-confusion matrix and each image's posterior over the true class together. With the ensemble's
-members as independent opinions on every image, the models' errors are estimated rather than
-charged to the vendors, and several vendors labeling one image simply add opinions. A label's
-error probability is one minus its posterior, and a group's rate is the mean over its labels.
+Instead each vendor gets its own class-conditional noise matrix P(label | true class), fitted by
+expectation-maximisation together with each image's posterior over its true class (the
+latent-class model of Dawid and Skene, with the audit's out-of-sample probabilities as each
+image's prior). Probabilities learned from noisy labels spread mass the way the noise does, so
+the prior is the model's output sharpened (raised to `SHARPNESS` and renormalised). Several
+vendors labeling one image multiply their likelihoods, so their agreement counts. A label's error
+probability is one minus the posterior of its class; a group's rate is the mean over its labels.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 WILSON_Z = 1.959964  # 95 %
+# Chosen on round 1 of bench/vendors.py (7,500 CIFAR-10N images); round 2 is the check.
+SHARPNESS = 2.0
 
 
 @dataclass
@@ -52,45 +54,38 @@ def wilson_interval(successes: float, trials: int, z: float = WILSON_Z) -> tuple
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def opinions(
-    model_probabilities: list[np.ndarray], labels: VendorLabels
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, giver, class) triples: each model's top class on every row, then the vendor labels
-    of known classes; givers are numbered models first, then vendors in sorted order."""
-    n_rows = len(model_probabilities[0])
-    vendor_ids = {
-        name: len(model_probabilities) + i for i, name in enumerate(sorted(set(labels.vendors)))
-    }
-    known = labels.classes >= 0
-    rows = [np.arange(n_rows)] * len(model_probabilities) + [labels.rows[known]]
-    givers = [np.full(n_rows, m) for m in range(len(model_probabilities))]
-    givers.append(np.array([vendor_ids[v] for v in labels.vendors], dtype=np.int64)[known])
-    classes = [p.argmax(axis=1) for p in model_probabilities] + [labels.classes[known]]
-    return np.concatenate(rows), np.concatenate(givers), np.concatenate(classes)
+def sharpened(probabilities: np.ndarray, sharpness: float) -> np.ndarray:
+    prior = np.power(np.clip(probabilities, 1e-12, None), sharpness)
+    return prior / prior.sum(axis=1, keepdims=True)
 
 
-def latent_class_posteriors(
-    rows: np.ndarray,
-    givers: np.ndarray,
-    classes: np.ndarray,
-    n_rows: int,
-    n_classes: int,
+def vendor_noise_posteriors(
+    probabilities: np.ndarray,
+    labels: VendorLabels,
+    sharpness: float,
     iterations: int = 100,
     smoothing: float = 0.01,
 ) -> np.ndarray:
-    """Dawid-Skene EM: per row, the posterior over the true class given every opinion on it.
-    Starts from the vote share of each class; `smoothing` keeps unseen confusions possible."""
-    n_givers = int(givers.max()) + 1
-    posterior = np.full((n_rows, n_classes), smoothing)
-    np.add.at(posterior, (rows, classes), 1.0)
-    posterior /= posterior.sum(axis=1, keepdims=True)
-    for _ in range(iterations):
-        prior = posterior.mean(axis=0) + 1e-9
-        confusion = np.full((n_givers, n_classes, n_classes), smoothing)
-        np.add.at(confusion, (givers, slice(None), classes), posterior[rows])
-        confusion /= confusion.sum(axis=2, keepdims=True)
-        log_posterior = np.tile(np.log(prior), (n_rows, 1))
-        np.add.at(log_posterior, rows, np.log(confusion[givers, :, classes]))
+    """Per probability row, the posterior over the true class given the model and every vendor
+    label on it, with one noise matrix per vendor fitted by EM."""
+    n_rows, n_classes = probabilities.shape
+    prior = sharpened(probabilities, sharpness)
+    known = labels.classes >= 0
+    rows, classes = labels.rows[known], labels.classes[known]
+    vendor_names = sorted(set(labels.vendors))
+    vendor_of = np.array([vendor_names.index(v) for v in labels.vendors], dtype=np.int64)[known]
+    # EM starts from vendors that are right 80 % of the time: a uniform start is a fixed point
+    # where every label looks like noise.
+    noise = np.full((len(vendor_names), n_classes, n_classes), 0.2 / max(1, n_classes - 1))
+    noise[:, np.arange(n_classes), np.arange(n_classes)] = 0.8
+    posterior = prior
+    for iteration in range(iterations):
+        if iteration:
+            noise = np.full((len(vendor_names), n_classes, n_classes), smoothing)
+            np.add.at(noise, (vendor_of, slice(None), classes), posterior[rows])
+            noise /= noise.sum(axis=2, keepdims=True)
+        log_posterior = np.log(prior)
+        np.add.at(log_posterior, rows, np.log(noise[vendor_of, :, classes]))
         log_posterior -= log_posterior.max(axis=1, keepdims=True)
         updated = np.exp(log_posterior)
         updated /= updated.sum(axis=1, keepdims=True)
@@ -142,19 +137,16 @@ def grouped(keys: Iterable[tuple], indices: Iterable[int]) -> dict[tuple, list[i
 
 
 def vendor_estimates(
-    model_probabilities: list[np.ndarray],
+    probabilities: np.ndarray,
     labels: VendorLabels,
     class_names: list[str],
     flagged_rows: np.ndarray,
+    sharpness: float = SHARPNESS,
 ) -> dict[str, Any]:
     """The `vendors` analysis of an audit: rates per vendor, per batch and per vendor and class,
-    and pairwise agreement where vendors overlap. `model_probabilities` are the audit's models
-    (one matrix, or each member of an ensemble); `flagged_rows` marks rows with a mislabel
+    and pairwise agreement where vendors overlap. `flagged_rows` marks rows with a mislabel
     finding, reported beside the estimate."""
-    n_rows, n_classes = model_probabilities[0].shape
-    posterior = latent_class_posteriors(
-        *opinions(model_probabilities, labels), n_rows=n_rows, n_classes=n_classes
-    )
+    posterior = vendor_noise_posteriors(probabilities, labels, sharpness)
     known = labels.classes >= 0
     wrong = np.ones(len(labels.rows))
     wrong[known] = 1.0 - posterior[labels.rows[known], labels.classes[known]]
@@ -172,8 +164,8 @@ def vendor_estimates(
 
     class_of = [class_names[c] if c >= 0 else "(unknown)" for c in labels.classes]
     return {
-        "method": "dawid_skene",
-        "models": len(model_probabilities),
+        "method": "vendor_noise_em",
+        "sharpness": sharpness,
         "vendors": rows_for(grouped(((v,) for v in labels.vendors), positions), ("vendor",)),
         "batches": rows_for(
             grouped(zip(labels.vendors, labels.batches, labels.batch_ids, strict=True), positions),

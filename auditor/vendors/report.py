@@ -63,7 +63,10 @@ def rate_bars(axes: Axes, labels: list[str], rows: list[dict[str, Any]], title: 
     if confirmed:
         xs, ys = zip(*confirmed, strict=True)
         axes.scatter(xs, ys, marker="D", color="black", zorder=3, label="confirmed so far")
-    axes.set_xticks(positions, labels, rotation=30 if len(rows) > 4 else 0, ha="right")
+    crowded = sum(len(label) for label in labels) > 36
+    axes.set_xticks(
+        positions, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center"
+    )
     axes.set_ylabel("label error rate (%)")
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)

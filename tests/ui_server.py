@@ -17,6 +17,7 @@ from sqlalchemy import delete, select
 from auditor.db.models import Audit, AuditAnalysis, AuditStatus, Finding, utcnow
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.stages import hierarchy_analyses
+from auditor.vendors.analysis import vendor_analysis
 from tests.test_api import Seeded
 
 # Digits that look alike; the model confuses classes inside a group, never across.
@@ -57,6 +58,10 @@ def add_structure(seeded: Seeded) -> None:
         session.execute(delete(AuditAnalysis).where(AuditAnalysis.audit_id == seeded.audit_id))
         for name, payload in analyses.items():
             session.add(AuditAnalysis(audit_id=seeded.audit_id, name=name, payload=payload))
+        vendors = vendor_analysis(
+            session, seeded.dataset_id, seeded.audit_id, frozen["image_ids"], names, probabilities
+        )
+        session.add(AuditAnalysis(audit_id=seeded.audit_id, name="vendors", payload=vendors))
         for finding in session.scalars(select(Finding).where(Finding.audit_id == seeded.audit_id)):
             members = [m.image_id for m in finding.members]
             if finding.kind == "mislabel":

@@ -66,6 +66,8 @@ def main() -> None:
         audit_id = create_audit(factory, ingested.dataset_id, {"backbone": args.backbone})
         audit = run_audit(factory, settings, audit_id)
         total = time.perf_counter() - started
+        if audit.status != "completed":
+            raise SystemExit(f"audit {audit_id} {audit.status}: {audit.error}")
         with factory() as session:
             flagged = set(
                 session.scalars(

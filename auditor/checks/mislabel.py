@@ -1,7 +1,9 @@
 """mislabel: which labels are probably wrong, from out-of-sample probabilities.
 
 The default scores each label by its posterior under a fitted class-conditional noise model (see
-`noise_posteriors`); cleanlab's confident learning is the alternative method. Optionally the
+`auditor.noise`): unlike a threshold on the model's confidence, it weighs which confusions the
+labels actually show (cat given as dog often, as truck rarely). cleanlab's confident learning is
+the alternative method. Optionally the
 labels of an image's nearest neighbours are mixed into the probabilities first (independent
 evidence of the true class); on CIFAR-10N that helped neither method (bench/results/quality.md).
 """
@@ -15,6 +17,7 @@ from cleanlab.rank import get_label_quality_scores
 from auditor.checks.base import Check, CheckInputs, FindingDraft, register
 from auditor.db.models import Severity
 from auditor.hierarchy.severity import MislabelContext, mislabel_context
+from auditor.noise import noise_posteriors
 
 NEIGHBOURS_IN_EVIDENCE = 5
 
@@ -42,34 +45,6 @@ def combined_probabilities(inputs: CheckInputs, neighbour_weight: float) -> np.n
         inputs.knn.indices, inputs.knn.similarities, inputs.labels, probabilities.shape[1]
     )
     return (1.0 - neighbour_weight) * probabilities + neighbour_weight * neighbour
-
-
-def noise_posteriors(
-    probabilities: np.ndarray, given: np.ndarray, sharpness: float, iterations: int = 50
-) -> np.ndarray:
-    """Per row, the posterior over the true class given the model and the label.
-
-    Out-of-sample probabilities trained on noisy labels spread mass the way the noise does, so
-    they are sharpened (raised to `sharpness`, renormalised) into a prior over the true class;
-    a class-conditional noise matrix P(given | true) is then fitted by EM, and the posterior
-    combines both. A label is suspect by how little posterior it keeps: unlike a threshold on
-    the model's confidence, this weighs which confusions the labels actually show (cat given as
-    dog often, cat given as truck rarely)."""
-    n_classes = probabilities.shape[1]
-    prior = np.power(np.clip(probabilities, 1e-12, None), sharpness)
-    prior /= prior.sum(axis=1, keepdims=True)
-    posterior = prior
-    for _ in range(iterations):
-        noise = np.full((n_classes, n_classes), 1e-2)
-        np.add.at(noise.T, given, posterior)
-        noise /= noise.sum(axis=1, keepdims=True)
-        updated = prior * noise[:, given].T
-        updated /= updated.sum(axis=1, keepdims=True)
-        converged = np.abs(updated - posterior).max() < 1e-6
-        posterior = updated
-        if converged:
-            break
-    return posterior
 
 
 SEVERITIES = [Severity.LOW, Severity.MEDIUM, Severity.HIGH]
@@ -113,7 +88,10 @@ class MislabelCheck(Check):
         if len(np.unique(given)) < 2:
             return labeled, np.zeros(len(labeled), bool), np.zeros(len(labeled)), combined
         if self.settings["method"] == "noise_posterior":
-            posterior = noise_posteriors(combined, given, float(self.settings["sharpness"]))
+            rows = np.arange(len(given))
+            posterior = noise_posteriors(
+                combined, rows, np.zeros_like(rows), given, float(self.settings["sharpness"])
+            )
             wrong = 1.0 - posterior[np.arange(len(given)), given]
             return labeled, wrong > 0.5, wrong, posterior
         issues = find_label_issues(given, combined, filter_by=self.settings["filter_by"], n_jobs=1)

@@ -6,13 +6,11 @@ precision and recall enter the figure, and both move with the vendor's noise lev
 plain disagreement is no better where the model itself errs often: its mistakes count against
 every vendor alike and pull all the rates together (bench/results/vendors-*.md).
 
-Instead each vendor gets its own class-conditional noise matrix P(label | true class), fitted by
-expectation-maximisation together with each image's posterior over its true class (the
-latent-class model of Dawid and Skene, with the audit's out-of-sample probabilities as each
-image's prior). Probabilities learned from noisy labels spread mass the way the noise does, so
-the prior is the model's output sharpened (raised to `SHARPNESS` and renormalised). Several
-vendors labeling one image multiply their likelihoods, so their agreement counts. A label's error
-probability is one minus the posterior of its class; a group's rate is the mean over its labels.
+Instead each vendor is a label source of its own in the noise model of `auditor.noise`: its
+class-conditional noise matrix is fitted together with each image's posterior over its true
+class. Several vendors labeling one image multiply their likelihoods, so their agreement counts.
+A label's error probability is one minus the posterior of its class; a group's rate is the mean
+over its labels.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from auditor.noise import noise_posteriors
 
 WILSON_Z = 1.959964  # 95 %
 # Chosen on round 1 of bench/vendors.py (7,500 CIFAR-10N images); round 2 is the check.
@@ -52,48 +52,6 @@ def wilson_interval(successes: float, trials: int, z: float = WILSON_Z) -> tuple
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def sharpened(probabilities: np.ndarray, sharpness: float) -> np.ndarray:
-    prior = np.power(np.clip(probabilities, 1e-12, None), sharpness)
-    return prior / prior.sum(axis=1, keepdims=True)
-
-
-def vendor_noise_posteriors(
-    probabilities: np.ndarray,
-    labels: VendorLabels,
-    sharpness: float,
-    iterations: int = 100,
-    smoothing: float = 0.01,
-) -> np.ndarray:
-    """Per probability row, the posterior over the true class given the model and every vendor
-    label on it, with one noise matrix per vendor fitted by EM."""
-    n_rows, n_classes = probabilities.shape
-    prior = sharpened(probabilities, sharpness)
-    known = labels.classes >= 0
-    rows, classes = labels.rows[known], labels.classes[known]
-    vendor_names = sorted(set(labels.vendors))
-    vendor_of = np.array([vendor_names.index(v) for v in labels.vendors], dtype=np.int64)[known]
-    # EM starts from vendors that are right 80 % of the time: a uniform start is a fixed point
-    # where every label looks like noise.
-    noise = np.full((len(vendor_names), n_classes, n_classes), 0.2 / max(1, n_classes - 1))
-    noise[:, np.arange(n_classes), np.arange(n_classes)] = 0.8
-    posterior = prior
-    for iteration in range(iterations):
-        if iteration:
-            noise = np.full((len(vendor_names), n_classes, n_classes), smoothing)
-            np.add.at(noise, (vendor_of, slice(None), classes), posterior[rows])
-            noise /= noise.sum(axis=2, keepdims=True)
-        log_posterior = np.log(prior)
-        np.add.at(log_posterior, rows, np.log(noise[vendor_of, :, classes]))
-        log_posterior -= log_posterior.max(axis=1, keepdims=True)
-        updated = np.exp(log_posterior)
-        updated /= updated.sum(axis=1, keepdims=True)
-        converged = np.abs(updated - posterior).max() < 1e-6
-        posterior = updated
-        if converged:
-            break
-    return posterior
 
 
 def rate_row(wrong: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
@@ -146,8 +104,16 @@ def vendor_estimates(
     """The `vendors` analysis of an audit: rates per vendor, per batch and per vendor and class,
     and pairwise agreement where vendors overlap. `flagged_rows` marks rows with a mislabel
     finding, reported beside the estimate."""
-    posterior = vendor_noise_posteriors(probabilities, labels, sharpness)
     known = labels.classes >= 0
+    vendor_names = sorted(set(labels.vendors))
+    vendor_index = np.array([vendor_names.index(v) for v in labels.vendors], dtype=np.int64)
+    posterior = noise_posteriors(
+        probabilities,
+        labels.rows[known],
+        vendor_index[known],
+        labels.classes[known],
+        sharpness,
+    )
     wrong = np.ones(len(labels.rows))
     wrong[known] = 1.0 - posterior[labels.rows[known], labels.classes[known]]
     flagged = flagged_rows[labels.rows]

@@ -106,6 +106,8 @@ def vendor_chart(report: dict[str, Any]) -> bytes:
                 capsize=3,
                 label=vendor,
             )
+        audit_ids = sorted({p["audit_id"] for points in trend.values() for p in points})
+        axes[2].set_xticks(audit_ids, [str(audit_id) for audit_id in audit_ids])
         axes[2].set_xlabel("audit")
         axes[2].set_ylabel("label error rate (%)")
         axes[2].set_title("Trend across audits")

@@ -27,8 +27,7 @@ from auditor.db.session import make_engine, make_session_factory
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.audit import create_audit, run_audit
 from bench import cifar
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.report import write_results
 
 
 def peak_rss_gib() -> float:
@@ -100,10 +99,7 @@ def main() -> None:
         f"Mislabel findings against `{args.labels} != clean`: precision {precision:.3f}, "
         f"recall {recall:.3f}, F1 {f1:.3f}; health score {audit.summary['health_score']:.3f}.",
     ]
-    text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"audit-{args.labels}-{args.n}.md").write_text(text)
-    print(text)
+    write_results(f"audit-{args.labels}-{args.n}.md", lines)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -25,8 +24,8 @@ from auditor.index import KnnGraph, knn_graph
 from auditor.pipeline.stages import search_vectors
 from auditor.predict.cnn import TrainConfig, layer_features, train_cnn
 from bench import cifar
+from bench.report import write_results
 
-RESULTS = Path(__file__).resolve().parent / "results" / "duplicates.md"
 THRESHOLDS = (0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
 
 
@@ -121,10 +120,7 @@ def main() -> None:
                 + " | ".join(f"{r:.3f}" for r in recalls)
                 + f" | {precision:.3f} | {f1:.3f} |"
             )
-    text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
+    write_results("duplicates.md", lines)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 from cleanlab.filter import find_label_issues
@@ -35,8 +34,7 @@ from auditor.predict.heads import fold_assignment
 from auditor.predict.hierarchical import coarse_labels
 from bench import cifar
 from bench.quality import cached_out_of_sample
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.report import RESULTS, write_results
 
 
 def tree_text(tree: Tree, depth: int = 0) -> list[str]:
@@ -155,9 +153,7 @@ def main() -> None:
                 )
             ],
         ]
-    text = "\n".join(lines + comparison) + "\n"
-    (RESULTS / "hierarchy.md").write_text(text)
-    print(text)
+    write_results("hierarchy.md", lines + comparison)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Ingest throughput: 1 decode process versus all cores on a generated folder, and the wall time to
 ingest the 50,000 CIFAR-10N JPEGs read in place from their zip with the `worse` labels.
 
-    python bench/ingest.py [--images 5000] [--skip-cifar]
+    python -m bench.ingest [--images 5000] [--skip-cifar]
 
 Each run uses a fresh SQLite file in a temporary folder; results go to bench/results/ingest.md.
 """
@@ -23,9 +23,9 @@ from auditor.config import Settings
 from auditor.db import migrate
 from auditor.db.session import make_engine, make_session_factory
 from auditor.ingest.ingest import IngestResult, ingest
+from bench.report import write_results
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10n"
-RESULTS = Path(__file__).resolve().parent / "results" / "ingest.md"
 
 
 def generate_folder(root: Path, count: int, side: int = 64) -> None:
@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     lines = [
-        "### Ingest (`python bench/ingest.py`)",
+        "### Ingest (`python -m bench.ingest`)",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {cores} cores; SQLite file.",
         "",
@@ -103,10 +103,7 @@ def main() -> None:
                 f"| CIFAR-10N re-added unchanged ({result.decoded} decoded) | {result.images} | {cores} | {seconds:.1f} | {result.images / seconds:.0f} |"
             )
         lines += ["", f"Speed-up with {cores} processes over 1: {rates[cores] / rates[1]:.2f}x."]
-    text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
+    write_results("ingest.md", lines)
 
 
 if __name__ == "__main__":

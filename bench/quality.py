@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,8 +30,7 @@ from auditor.index import knn_graph
 from auditor.pipeline.stages import TRAINED_STRATEGY, search_vectors
 from auditor.predict.strategies import out_of_sample_probabilities
 from bench import cifar
-
-RESULTS = Path(__file__).resolve().parent / "results" / "quality.md"
+from bench.report import write_results
 
 
 def cached_out_of_sample(column: str, n: int, strategy: str) -> dict[str, np.ndarray]:
@@ -171,10 +169,7 @@ def main() -> None:
                 f"{row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['auroc']:.3f} |"
             )
         lines.append(f"| {column} | | (probabilities: {cpu_minutes:.1f} CPU-minutes) | | | | | |")
-    text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
+    write_results("quality.md", lines)
 
 
 if __name__ == "__main__":

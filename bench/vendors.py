@@ -35,8 +35,8 @@ from auditor.services.diff import audit_diff
 from auditor.services.reviews import ReviewRequest, review_finding
 from auditor.services.vendors import vendor_report
 from bench import cifar
+from bench.report import write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VENDORS = {"vendor-a": "aggre", "vendor-b": "random1", "vendor-c": "worse"}
 
 
@@ -212,10 +212,7 @@ def main() -> None:
                     f"{decided['confirmed']} confirmed, {decided['dismissed']} dismissed.",
                 ]
             previous = audit.id
-    text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"vendors-{args.n}.md").write_text(text)
-    print(text)
+    write_results(f"vendors-{args.n}.md", lines)
 
 
 if __name__ == "__main__":

@@ -28,19 +28,23 @@ from auditor.checks import REGISTRY, CheckInputs
 from auditor.checks.base import ImageTable
 from auditor.index import knn_graph
 from auditor.pipeline.stages import TRAINED_STRATEGY, search_vectors
-from auditor.predict.strategies import out_of_sample_probabilities
+from auditor.predict.strategies import out_of_sample_probabilities, stacking_weight
 from bench import cifar
 from bench.report import write_results
 
 
-def cached_out_of_sample(column: str, n: int, strategy: str) -> dict[str, np.ndarray]:
-    """Probabilities, CNN pool features (when a CNN is trained) and CPU minutes for the first n
-    images with `column` labels, cached under .bench/."""
-    cache = cifar.CACHE_DIR / f"oos-{strategy}-{column}-{n}.npz"
+def cached_out_of_sample(
+    column: str, n: int, strategy: str, start: int = 0
+) -> dict[str, np.ndarray]:
+    """Probabilities, CNN pool features (when a CNN is trained) and CPU minutes for the n images
+    from `start` on with `column` labels, cached under .bench/."""
+    suffix = f"-from{start}" if start else ""
+    cache = cifar.CACHE_DIR / f"oos-{strategy}-{column}-{n}{suffix}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             return dict(data)
-    images, labels = cifar.load_images()[:n], cifar.load_labels()[column][:n]
+    rows = slice(start, start + n)
+    images, labels = cifar.load_images()[rows], cifar.load_labels()[column][rows]
     started = time.process_time()
     result = out_of_sample_probabilities(strategy, images=images, labels=labels, n_classes=10)
     outputs = {
@@ -107,27 +111,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--labels", nargs="+", default=["worse", "aggre"])
+    parser.add_argument(
+        "--start", type=int, default=0, help="first image (10000: a disjoint check subset)"
+    )
     args = parser.parse_args()
     if not cifar.available():
         raise SystemExit("CIFAR-10N not found beside the repository")
-    clean = cifar.load_labels()["clean"][: args.n]
+    rows = slice(args.start, args.start + args.n)
+    clean = cifar.load_labels()["clean"][rows]
     lines = [
-        f"### Mislabel quality on CIFAR-10N (`python -m bench.quality --n {args.n}`)",
+        f"### Mislabel quality on CIFAR-10N (`python -m bench.quality --n {args.n}"
+        f"{f' --start {args.start}' if args.start else ''}`)",
         "",
-        f"First {args.n} images; probabilities from the pipeline's `{TRAINED_STRATEGY}` "
-        "(mean of `patch_heads` and `cnn_crossfit`); machine: "
+        f"Images {args.start} to {args.start + args.n - 1}; probabilities from the pipeline's `{TRAINED_STRATEGY}` "
+        "(`patch_heads` and `cnn_crossfit` mixed by a stacking weight); machine: "
         f"{platform.machine()}, 2 cores (shared). Truth: noisy label != clean.",
         "",
         "| labels | noise | method | flagged | precision | recall | F1 | AUROC |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for column in args.labels:
-        labels = cifar.load_labels()[column][: args.n]
+        labels = cifar.load_labels()[column][rows]
         truth = labels != clean
-        # The pipeline's `patch_cnn` is the mean of these two; computed apart to show each.
-        patch = cached_out_of_sample(column, args.n, "patch_heads")
-        cnn = cached_out_of_sample(column, args.n, "cnn_crossfit")
-        probabilities = (patch["probabilities"] + cnn["probabilities"]) / 2
+        # The pipeline's `patch_cnn` is the stacked mixture of these two; computed apart to show
+        # each.
+        patch = cached_out_of_sample(column, args.n, "patch_heads", args.start)
+        cnn = cached_out_of_sample(column, args.n, "cnn_crossfit", args.start)
+        weight = stacking_weight(patch["probabilities"], cnn["probabilities"], labels)
+        probabilities = weight * patch["probabilities"] + (1 - weight) * cnn["probabilities"]
         pool = cnn["pool"]
         cpu_minutes = float(patch["cpu_minutes"] + cnn["cpu_minutes"])
         for name, part in (("patch_heads", patch), ("cnn_crossfit", cnn)):
@@ -168,8 +179,11 @@ def main() -> None:
                 f"| {column} | {truth.mean():.3f} | {name} | {row['flagged']} | "
                 f"{row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['auroc']:.3f} |"
             )
-        lines.append(f"| {column} | | (probabilities: {cpu_minutes:.1f} CPU-minutes) | | | | | |")
-    write_results("quality.md", lines)
+        lines.append(
+            f"| {column} | | (probabilities: {cpu_minutes:.1f} CPU-minutes; stacking weight of "
+            f"`patch_heads` {weight:.2f}) | | | | | |"
+        )
+    write_results(f"quality{f'-from{args.start}' if args.start else ''}.md", lines)
 
 
 if __name__ == "__main__":

@@ -249,3 +249,21 @@ def test_workers_read_a_zip_each_through_their_own_handle(tmp_path):
     result = extract_features(items, source, backbone, batch_size=2, num_workers=2, progress=False)
     assert result.failures == []
     assert backbone.images_forwarded == 24
+
+
+def test_in_process_prefetch_matches_worker_processes(dataset, tmp_path):
+    """The background-thread loader keeps item order and reports a broken file at its place."""
+    source, root, items = dataset
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    items = [items[0], item(root, "dog/broken.png"), *items[1:]]
+    backbone = build_backbone("compact")
+    threaded = extract_features(
+        items, source, backbone, batch_size=2, num_workers=0, progress=False
+    )
+    forked = extract_features(items, source, backbone, batch_size=2, num_workers=1, progress=False)
+    assert [f.index for f in threaded.failures] == [1]
+    assert "corrupt" in threaded.failures[0].reason or "not an image" in threaded.failures[0].reason
+    for layer, rows in threaded.features.items():
+        np.testing.assert_allclose(rows, forked.features[layer], atol=1e-5)
+    assert np.abs(threaded.features["pool"][[0, 2, 3]]).sum(axis=1).min() > 0
+    assert backbone.images_forwarded == 6

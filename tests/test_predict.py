@@ -16,6 +16,8 @@ from auditor.predict import (
     out_of_sample_probabilities,
 )
 from auditor.predict.heads import fold_assignment
+from auditor.predict.patch_features import patch_features
+from auditor.predict.strategies import stacking_weight
 
 
 def digit_images(n: int, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -148,3 +150,27 @@ def test_cnn_is_deterministic_for_a_seed():
         for _ in range(2)
     ]
     np.testing.assert_allclose(runs[0], runs[1], atol=1e-5)
+
+
+def test_patch_features_are_mirror_invariant():
+    images, _ = digit_images(60)
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    features = patch_features(np.concatenate([images, mirrored]), centroids=32)
+    np.testing.assert_allclose(features[:60], features[60:], rtol=1e-5, atol=1e-4)
+    plain = patch_features(np.concatenate([images, mirrored]), centroids=32, mirror=False)
+    assert not np.allclose(plain[:60], plain[60:], rtol=1e-3, atol=1e-2)
+
+
+def test_stacking_weight_follows_the_model_that_explains_the_labels():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    right = np.full((400, 4), 0.1)
+    right[np.arange(400), labels] = 0.7
+    uniform = np.full((400, 4), 0.25)
+    assert stacking_weight(right, uniform, labels) == 1.0
+    assert stacking_weight(uniform, right, labels) == 0.0
+    # Each model right on its own half of the rows: both are needed.
+    half = np.arange(400) < 200
+    first = np.where(half[:, None], right, uniform)
+    second = np.where(half[:, None], uniform, right)
+    assert 0.3 <= stacking_weight(first, second, labels) <= 0.7

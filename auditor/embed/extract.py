@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -158,6 +159,31 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def prefetched_batches(dataset: ImageItems, batch_size: int, pin: bool) -> Iterator[LoadedBatch]:
+    """Batches read in one background thread while the caller runs the forward pass.
+
+    Without worker processes the loader would otherwise stall the model for every batch. File
+    reads, SHA-256 and Pillow's decoders release the GIL, so a thread overlaps them with the
+    forward without the start-up and copying costs of a worker process.
+    """
+
+    def load(start: int) -> LoadedBatch:
+        end = min(start + batch_size, len(dataset))
+        batch = collate_loaded([dataset[index] for index in range(start, end)])
+        return batch.pin_memory() if pin else batch
+
+    starts = list(range(0, len(dataset), batch_size))
+    if not starts:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-loader") as pool:
+        pending = pool.submit(load, starts[0])
+        for following in starts[1:]:
+            batch = pending.result()
+            pending = pool.submit(load, following)
+            yield batch
+        yield pending.result()
+
+
 def make_loader(
     items: Sequence[tuple[str, str]],
     source: Source,
@@ -165,8 +191,10 @@ def make_loader(
     batch_size: int,
     num_workers: int,
     max_pixels: int,
-) -> DataLoader:
+) -> Iterable[LoadedBatch]:
     dataset = ImageItems(items, source, backbone.preprocess, max_pixels)
+    if num_workers == 0:
+        return prefetched_batches(dataset, batch_size, pin=backbone.device.type == "cuda")
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -80,11 +80,19 @@ class DirectorySource(Source):
     def __init__(self, uri: str, root: Path) -> None:
         super().__init__(uri)
         self.root = root.resolve()
+        self._real_directories: dict[Path, Path] = {}
 
     def resolve(self, path: str) -> Path:
         relative = normalise_member_path(path)
         target = self.root / relative
-        real = Path(os.path.realpath(target))
+        # Resolving every component costs more than decoding a small image; a folder's real
+        # location is resolved once, and only a file that is itself a link is followed in full.
+        real_parent = self._real_directories.get(target.parent)
+        if real_parent is None:
+            real_parent = self._real_directories[target.parent] = Path(
+                os.path.realpath(target.parent)
+            )
+        real = Path(os.path.realpath(target)) if os.path.islink(target) else real_parent
         if real != self.root and self.root not in real.parents:
             raise PathRefused("symlink points outside the dataset root")
         return target

@@ -91,6 +91,18 @@ class PatchKMeans:
         return torch.cat(out).numpy()
 
 
-def patch_features(images: np.ndarray, centroids: int = 400, seed: int = 0) -> np.ndarray:
-    """Fit the dictionary on the images themselves (no labels) and encode them."""
-    return PatchKMeans(centroids, seed=seed).fit(images).transform(images)
+def patch_features(
+    images: np.ndarray, centroids: int = 400, seed: int = 0, mirror: bool = True
+) -> np.ndarray:
+    """Fit the dictionary on the images themselves (no labels) and encode them.
+
+    With `mirror` each image's encoding is summed with its left-right mirror's: an object and its
+    mirror image are the same class, and the quadrant pooling alone would tell them apart. On
+    10,000 CIFAR-10N images this raised the heads' held-out accuracy from 0.553 to 0.592 for
+    half again the encoding time (bench/results/predict.md).
+    """
+    encoder = PatchKMeans(centroids, seed=seed).fit(images)
+    features = encoder.transform(images)
+    if mirror:
+        features += encoder.transform(np.ascontiguousarray(images[:, :, ::-1]))
+    return features

@@ -31,7 +31,7 @@ from rich.text import Text
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from auditor.embed.backbones import Backbone, Preprocess
-from auditor.ingest.decode import UnreadableImage, decode_rgb
+from auditor.ingest.decode import UnreadableImage
 from auditor.ingest.sources import Source
 
 DEFAULT_BATCH_SIZE = 64
@@ -95,7 +95,7 @@ class ImageItems(Dataset):
             data = self.source.read_bytes(path)
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise UnreadableImage("content changed since ingest (SHA-256 differs)")
-            return index, self.preprocess(decode_rgb(data, self.max_pixels))
+            return index, self.preprocess.from_bytes(data, self.max_pixels)
         except (
             Exception
         ) as exc:  # any bad file (a corrupt zip member too) is a finding, not a crash

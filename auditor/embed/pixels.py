@@ -14,6 +14,7 @@ from PIL import Image
 
 from auditor.embed.backbones import ModelIdentity
 from auditor.embed.cache import DEFAULT_SHARD_ROWS, FeatureStore
+from auditor.embed.fast_jpeg import decode_plain_jpeg
 from auditor.ingest.decode import UnreadableImage, decode_rgb
 from auditor.ingest.sources import Source
 from auditor.parallel import map_chunks
@@ -26,7 +27,12 @@ def pixels_chunk(paths: Sequence[str], source: Source, side: int, max_pixels: in
     arrays = []
     for path in paths:
         try:
-            image = decode_rgb(source.read_bytes(path), max_pixels)
+            data = source.read_bytes(path)
+            fast = decode_plain_jpeg(data, side)
+            if fast is not None:
+                arrays.append(fast.numpy())
+                continue
+            image = decode_rgb(data, max_pixels)
         except (UnreadableImage, OSError):
             arrays.append(None)
             continue

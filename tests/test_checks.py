@@ -282,3 +282,45 @@ def test_findings_saved_idempotently_and_reviews_survive(session_factory, tmp_pa
             session.scalar(select(Finding.status).where(Finding.kind == "label_conflict"))
             == "dismissed"
         )
+
+
+def heavy_noise_inputs(seed: int = 3) -> tuple[CheckInputs, np.ndarray]:
+    """Four classes, a third of the labels moved to the class each is most confused with, and a
+    model that knows the true class only roughly."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(4), 150)
+    confusable = np.array([1, 0, 3, 2])
+    labels = truth.copy()
+    flipped = rng.random(len(truth)) < 0.35
+    labels[flipped] = confusable[truth[flipped]]
+    logits = rng.normal(scale=1.0, size=(len(truth), 4))
+    logits[np.arange(len(truth)), truth] += 1.6
+    logits[np.arange(len(truth)), confusable[truth]] += 0.8
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    names = CLASSES[:4]
+    features = rng.normal(size=(len(truth), DIM))
+    inputs = CheckInputs(
+        dataset_id=1,
+        images=synthetic_table(Planted(features, labels, ["train"] * len(labels), {}, {}, [])),
+        class_names=names,
+        rows=np.arange(len(labels)),
+        labels=labels,
+        probabilities=probabilities,
+    )
+    return inputs, flipped
+
+
+def test_mislabel_flags_the_confident_joint_count_in_posterior_order():
+    from cleanlab.count import num_label_issues
+
+    inputs, flipped = heavy_noise_inputs()
+    check = REGISTRY["mislabel"]()
+    labeled, issues, score, _ = check.scores(inputs)
+    assert issues.sum() == num_label_issues(inputs.labels, inputs.probabilities)
+    assert score[issues].min() >= score[~issues].max()
+    cut = REGISTRY["mislabel"](flag_count="posterior").scores(inputs)[1]
+    assert np.array_equal(cut, score > 0.5)
+    assert (issues & flipped).sum() >= 0.75 * flipped.sum()
+    assert issues.sum() != cut.sum()
+    with pytest.raises(ValueError, match="flag_count"):
+        REGISTRY["mislabel"](flag_count="half").scores(inputs)

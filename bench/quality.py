@@ -1,6 +1,6 @@
 """Mislabel detection quality on CIFAR-10N's real human label noise, next to cleanlab's defaults.
 
-    python -m bench.quality [--n 10000] [--labels worse aggre]
+    python -m bench.quality [--n 10000] [--labels worse aggre random1]
 
 The audit sees only a noisy label column. Out-of-sample probabilities and `pool` features come from
 the default prediction strategy (cached under .bench/ so reruns are cheap). On the same inputs:
@@ -111,7 +111,7 @@ def datalab_features_only(pool: np.ndarray, labels: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=10000)
-    parser.add_argument("--labels", nargs="+", default=["worse", "aggre"])
+    parser.add_argument("--labels", nargs="+", default=["worse", "aggre", "random1"])
     parser.add_argument(
         "--start", type=int, default=0, help="first image (10000: a disjoint check subset)"
     )

@@ -161,6 +161,25 @@ def test_mislabel_finds_flips_with_the_true_label_suggested(planted_run):
     assert all(0.0 <= d.score <= 1.0 for d in by_kind["mislabel"])
 
 
+def train_split_inputs(
+    features: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: list[str],
+    **extra,
+) -> CheckInputs:
+    """Check inputs for a synthetic train-only dataset with the given model output."""
+    return CheckInputs(
+        dataset_id=1,
+        images=synthetic_table(Planted(features, labels, ["train"] * len(labels), {}, {}, [])),
+        class_names=class_names,
+        rows=np.arange(len(labels)),
+        labels=labels,
+        probabilities=probabilities,
+        **extra,
+    )
+
+
 def test_taxonomy_disagreement_names_the_misfiled_class():
     rng = np.random.default_rng(5)
     animal, vehicle, eyewear = rng.normal(size=(3, DIM))
@@ -169,13 +188,11 @@ def test_taxonomy_disagreement_names_the_misfiled_class():
     labels = np.repeat(np.arange(6), PER_CLASS)
     features = centres[labels] + rng.normal(scale=0.55, size=(len(labels), DIM))
     probabilities = kfold_head_probabilities(features, labels, len(CLASSES), seed=0)
-    inputs = CheckInputs(
-        dataset_id=1,
-        images=synthetic_table(Planted(features, labels, ["train"] * len(labels), {}, {}, [])),
-        class_names=CLASSES,
-        rows=np.arange(len(labels)),
-        labels=labels,
-        probabilities=probabilities,
+    inputs = train_split_inputs(
+        features,
+        labels,
+        probabilities,
+        CLASSES,
         hierarchy=hierarchy_analyses(probabilities, labels, CLASSES, {}, GIVEN_TREE),
     )
     drafts = REGISTRY["taxonomy_disagreement"]().run(inputs)
@@ -299,15 +316,7 @@ def heavy_noise_inputs(seed: int = 3) -> tuple[CheckInputs, np.ndarray]:
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     names = CLASSES[:4]
     features = rng.normal(size=(len(truth), DIM))
-    inputs = CheckInputs(
-        dataset_id=1,
-        images=synthetic_table(Planted(features, labels, ["train"] * len(labels), {}, {}, [])),
-        class_names=names,
-        rows=np.arange(len(labels)),
-        labels=labels,
-        probabilities=probabilities,
-    )
-    return inputs, flipped
+    return train_split_inputs(features, labels, probabilities, names), flipped
 
 
 def test_mislabel_flags_the_confident_joint_count_in_posterior_order():

@@ -203,7 +203,7 @@ class ArchiveSource(Source):
 
     def __init__(self, archive: Path) -> None:
         super().__init__(str(archive))
-        self.archive = archive
+        self.archive = archive.resolve()  # once: resolving per read cost as much as the read
         self._handle = None
 
     def __getstate__(self) -> dict:
@@ -265,10 +265,10 @@ class ArchiveIndex:
 
 
 def archive_key(archive: Path) -> tuple[str, int, int, int]:
-    """One version of an archive file in one process: the index is rebuilt when the file changes,
+    """`archive` is a resolved path. One version of an archive file in one process: the index is rebuilt when the file changes,
     and a forked child never reads through its parent's file offset."""
     stat = archive.stat()
-    return str(archive.resolve()), stat.st_size, stat.st_mtime_ns, os.getpid()
+    return str(archive), stat.st_size, stat.st_mtime_ns, os.getpid()
 
 
 @lru_cache(maxsize=8)

@@ -136,12 +136,14 @@ def progress_bar(enabled: bool) -> Progress:
     )
 
 
-def default_workers() -> int:
-    """Half the cores decode, half compute: on a 2-core machine one worker process and one torch
-    thread embedded fastest (bench/embed.py), as a single-threaded forward never waits at a
-    thread barrier for a core that the loader or another job holds."""
-    cores = os.cpu_count() or 1
-    return cores // 2
+def default_workers(device: torch.device) -> int:
+    """On CPU none: the in-process loader thread decodes while torch uses every core. On two
+    cores that embedded fastest for the compact CNN at 32 and resnet18 at 224 alike, and one worker
+    process with one torch thread slowest (bench/results/embed.md). On CUDA the cores are free
+    for decoding, so half of them run worker processes and keep the GPU fed."""
+    if device.type == "cuda":
+        return max(1, (os.cpu_count() or 1) // 2)
+    return 0
 
 
 def default_threads(num_workers: int) -> int:
@@ -222,7 +224,7 @@ def iter_embedded(
 
     A generator so the cache can write shards as it goes and a crash loses one shard, not a run.
     """
-    workers = default_workers() if num_workers is None else num_workers
+    workers = default_workers(backbone.device) if num_workers is None else num_workers
     loader = make_loader(items, source, backbone, batch_size, workers, max_pixels)
     cpu_threads = threads or default_threads(workers)
     with torch_threads(cpu_threads), progress_bar(progress) as bar:

@@ -228,6 +228,15 @@ class TrendPoint(Out):
 class VendorsOut(Out):
     audit_id: int
     method: str | None
+    sharpness: float | None = Field(
+        None, description="How much of the model's doubt the estimate reads as label noise"
+    )
+    sharpness_fitted: bool | None = Field(
+        None, description="Fitted by likelihood to probabilities that never saw the vendors"
+    )
+    held_out_share: float | None = Field(
+        None, description="Share of vendor labels judged by a model that never saw their vendor"
+    )
     items: list[VendorOut]
     batches: list[BatchRateOut]
     classes: list[VendorClassOut]

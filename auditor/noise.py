@@ -7,12 +7,18 @@ posterior together (the latent-class model of Dawid and Skene, 1979, with a mode
 
 Probabilities learned from noisy labels spread mass the way the noise does, so the prior is the
 model's output sharpened: raised to a power and renormalised. The power decides how much of the
-model's doubt is read as label noise; the callers choose it from CIFAR-10N measurements.
+model's doubt is read as label noise. Where the probabilities come from models that never saw
+the labels being judged (the vendor estimates), the power is itself fitted: the one under which the
+fitted model gives the labels the highest likelihood (`likeliest_sharpness`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
 
 # EM starts from sources that are right this often: a uniform start is a fixed point where every
 # label looks like noise.
@@ -24,7 +30,17 @@ def sharpened(probabilities: np.ndarray, sharpness: float) -> np.ndarray:
     return prior / prior.sum(axis=1, keepdims=True)
 
 
-def noise_posteriors(
+@dataclass
+class NoiseFit:
+    """Per probability row the posterior over its true class; per source the noise matrix
+    P(label | true class); and the mean log-likelihood of the labels under the fitted model."""
+
+    posterior: np.ndarray
+    noise: np.ndarray
+    log_likelihood: float
+
+
+def fit_noise_model(
     probabilities: np.ndarray,
     rows: np.ndarray,
     sources: np.ndarray,
@@ -32,9 +48,8 @@ def noise_posteriors(
     sharpness: float,
     iterations: int = 100,
     smoothing: float = 0.01,
-) -> np.ndarray:
-    """Per probability row, the posterior over the true class given the model and every label
-    on it. Labels are (row, source index, class) triples; a row may carry several."""
+) -> NoiseFit:
+    """Labels are (row, source index, class) triples; a row may carry several."""
     n_rows, n_classes = probabilities.shape
     n_sources = int(sources.max()) + 1 if len(sources) else 1
     prior = sharpened(probabilities, sharpness)
@@ -48,13 +63,53 @@ def noise_posteriors(
             noise = np.full((n_sources, n_classes, n_classes), smoothing)
             np.add.at(noise, (sources, slice(None), classes), posterior[rows])
             noise /= noise.sum(axis=2, keepdims=True)
-        log_posterior = np.log(prior)
-        np.add.at(log_posterior, rows, np.log(noise[sources, :, classes]))
-        log_posterior -= log_posterior.max(axis=1, keepdims=True)
-        updated = np.exp(log_posterior)
-        updated /= updated.sum(axis=1, keepdims=True)
+        joint = np.log(prior)
+        np.add.at(joint, rows, np.log(noise[sources, :, classes]))
+        evidence = logsumexp(joint, axis=1, keepdims=True)
+        updated = np.exp(joint - evidence)
         converged = np.abs(updated - posterior).max() < 1e-6
         posterior = updated
         if converged:
             break
-    return posterior
+    labeled = np.unique(rows)
+    log_likelihood = float(evidence[labeled].sum() / max(1, len(rows)))
+    return NoiseFit(posterior, noise, log_likelihood)
+
+
+def noise_posteriors(
+    probabilities: np.ndarray,
+    rows: np.ndarray,
+    sources: np.ndarray,
+    classes: np.ndarray,
+    sharpness: float,
+    iterations: int = 100,
+    smoothing: float = 0.01,
+) -> np.ndarray:
+    """Per probability row, the posterior over the true class given the model and every label
+    on it. Labels are (row, source index, class) triples; a row may carry several."""
+    return fit_noise_model(
+        probabilities, rows, sources, classes, sharpness, iterations, smoothing
+    ).posterior
+
+
+def likeliest_sharpness(
+    probabilities: np.ndarray,
+    rows: np.ndarray,
+    sources: np.ndarray,
+    classes: np.ndarray,
+    bounds: tuple[float, float] = (0.5, 6.0),
+) -> float:
+    """The sharpness under which the fitted noise model makes the labels most likely.
+
+    Only meaningful when the probabilities did not learn from these labels: a model fitted to
+    them already agrees with their noise, and the likelihood then rewards reading too little of
+    its doubt as noise. Where they are independent it calibrates the model's confidence against
+    the labels, the noise matrices taking up what is systematic.
+    """
+    result = minimize_scalar(
+        lambda power: -fit_noise_model(probabilities, rows, sources, classes, power).log_likelihood,
+        bounds=bounds,
+        method="bounded",
+        options={"xatol": 0.02},
+    )
+    return float(result.x)

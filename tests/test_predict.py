@@ -174,3 +174,47 @@ def test_stacking_weight_follows_the_model_that_explains_the_labels():
     first = np.where(half[:, None], right, uniform)
     second = np.where(half[:, None], uniform, right)
     assert 0.3 <= stacking_weight(first, second, labels) <= 0.7
+
+
+def test_group_held_out_heads_never_see_the_rows_vendors():
+    """Each vendor's rows are predicted by a head fitted without any of that vendor's labels: any
+    change to a vendor's labels leaves its own rows' probabilities exactly as they were, while
+    K-fold heads (which learn a vendor's habits from its other rows) move."""
+    features, labels = digit_features()
+    membership = np.zeros((len(labels), 3), dtype=bool)
+    membership[np.arange(len(labels)), np.arange(len(labels)) % 3] = True
+    rows_c = membership[:, 2]
+    relabeled = labels.copy()
+    relabeled[rows_c & (labels == 3)] = 8  # vendor c calls every 3 an 8
+
+    def both(given):
+        result = out_of_sample_probabilities(
+            "heads", features=features, labels=given, n_classes=10, holdout_groups=membership
+        )
+        return result.probabilities, result.group_probabilities, result.group_covered
+
+    kfold, held_out, covered = both(labels)
+    kfold_swapped, held_out_swapped, _ = both(relabeled)
+    assert covered.all()
+    np.testing.assert_allclose(held_out_swapped[rows_c], held_out[rows_c])
+    assert not np.allclose(held_out_swapped[~rows_c], held_out[~rows_c])
+    threes = rows_c & (labels == 3)
+    # The K-fold heads learned the swap from vendor c's other rows; the held-out heads did not.
+    assert kfold_swapped[threes, 8].mean() > kfold[threes, 8].mean() + 0.1
+    assert held_out_swapped[threes, 3].mean() > 0.7
+    np.testing.assert_allclose(held_out.sum(axis=1), 1.0)
+
+
+def test_group_held_out_heads_leave_rows_without_a_fair_complement_uncovered():
+    from auditor.predict.heads import group_held_out_probabilities
+
+    features, labels = digit_features()
+    n = len(labels)
+    membership = np.zeros((n, 2), dtype=bool)
+    membership[: int(n * 0.7), 0] = True  # vendor 0 labeled 70 %: only 30 % left to learn from
+    membership[int(n * 0.7) : int(n * 0.9), 1] = True
+    probabilities, covered = group_held_out_probabilities(features, labels, 10, membership)
+    assert not covered[: int(n * 0.7)].any()
+    assert covered[int(n * 0.7) : int(n * 0.9)].all()
+    assert not covered[int(n * 0.9) :].any()  # no vendor: nothing to hold out
+    assert (probabilities[~covered] == 0).all()

@@ -78,6 +78,30 @@ def test_estimates_recover_known_vendor_error_rates():
     assert payload["agreement"] == []
 
 
+@pytest.mark.parametrize("power", [2, 4])
+def test_fitted_sharpness_undoes_how_far_the_model_was_softened(power):
+    """Given held-out probabilities, the sharpness is fitted by likelihood: it recovers the power
+    the model's confidence was softened by, and the rates stay right where the fixed default
+    (2) would read too little of the doubt as noise at power 4."""
+    exact, given, _, vendor, true_rates = synthetic_vendors()
+    softened = exact ** (2 / power)
+    softened /= softened.sum(axis=1, keepdims=True)
+    names, classes = [str(c) for c in range(10)], vendor_labels_of(given, vendor)
+    unflagged = np.zeros(len(given), bool)
+    covered = np.ones(len(given), bool)
+    fitted = vendor_estimates(softened, classes, names, unflagged, held_out=(softened, covered))
+    fixed = vendor_estimates(softened, classes, names, unflagged)
+    assert fitted["sharpness_fitted"] and fitted["held_out_share"] == 1.0
+    assert abs(fitted["sharpness"] - power) < 0.4
+    assert not fixed["sharpness_fitted"] and fixed["sharpness"] == 2.0
+    truth = dict(zip(("good", "fair", "poor"), true_rates, strict=True))
+    for row in fitted["vendors"]:
+        assert abs(row["estimated_error_rate"] - truth[row["vendor"]]) < 0.02, row
+    if power == 4:
+        worst = max(abs(r["estimated_error_rate"] - truth[r["vendor"]]) for r in fixed["vendors"])
+        assert worst > 0.04
+
+
 def test_overlapping_vendors_are_estimated_from_their_agreement():
     """Three vendors label the same images and the model knows nothing (uniform probabilities):
     the rates come from how the vendors agree, as in Dawid and Skene's setting."""
@@ -328,6 +352,10 @@ def test_deliveries_embed_only_new_images_and_report_vendors(session_factory, de
         ("globex", "week2"),
     }
     assert [row["vendor"] for row in only_globex["items"]] == ["globex"]
+    # globex's own images are judged by heads fitted on acme's alone, and the sharpness is fitted
+    # on them; acme's (the larger share) and the shared image fall back to the audit's.
+    assert report["sharpness_fitted"] is True
+    assert 0 < report["held_out_share"] < 1
     assert [(r["vendor_a"], r["vendor_b"], r["images"]) for r in report["agreement"]] == [
         ("acme", "globex", 1)
     ]

@@ -45,9 +45,9 @@ from auditor.ingest.ingest import load_image_table
 from auditor.ingest.sources import open_source
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.summary import summarise_audit
-from auditor.predict.heads import kfold_head_probabilities
+from auditor.predict.heads import group_held_out_probabilities, kfold_head_probabilities
 from auditor.predict.strategies import out_of_sample_probabilities
-from auditor.vendors.analysis import vendor_analysis
+from auditor.vendors.analysis import vendor_analysis, vendor_membership
 
 SEARCH_LAYER = "pool"
 # Without pretrained weights: k-means patch heads averaged with a cross-fitted CNN, which also
@@ -169,11 +169,16 @@ def embed_stage(ctx: AuditContext) -> None:
 
 
 def predict_stage(ctx: AuditContext) -> None:
+    """Out-of-sample probabilities for the checks; where labeling vendors delivered labels, also
+    probabilities from heads that never saw the row's vendors, for the vendor estimates."""
     frozen = frozen_inputs(ctx)
     embedded = ctx.artifacts.load_arrays("embed")
     labels, n_classes = frozen["labels"], len(frozen["class_names"])
     ok = embedded["ok"]
+    with ctx.factory() as session:
+        membership = vendor_membership(session, ctx.dataset_id, frozen["image_ids"][ok])
     layer_features: dict[str, np.ndarray]
+    group_probabilities = group_covered = None
     if "pixels" in embedded:
         strategy = ctx.parameter("strategy")
         result = out_of_sample_probabilities(
@@ -184,8 +189,10 @@ def predict_stage(ctx: AuditContext) -> None:
             folds=ctx.parameter("folds"),
             seed=ctx.parameter("seed"),
             epochs=ctx.parameter("epochs"),
+            holdout_groups=membership,
         )
         probabilities, layer_features = result.probabilities, result.layer_features
+        group_probabilities, group_covered = result.group_probabilities, result.group_covered
     else:
         layer_features = {
             key.removeprefix("layer_"): value[ok]
@@ -199,11 +206,25 @@ def predict_stage(ctx: AuditContext) -> None:
             folds=ctx.parameter("folds"),
             seed=ctx.parameter("seed"),
         )
+        if membership is not None:
+            group_probabilities, group_covered = group_held_out_probabilities(
+                layer_features[SEARCH_LAYER],
+                labels[ok],
+                n_classes,
+                membership,
+                seed=ctx.parameter("seed"),
+            )
+    vendor_arrays = (
+        {}
+        if group_probabilities is None
+        else {"vendor_probabilities": group_probabilities, "vendor_covered": group_covered}
+    )
     ctx.artifacts.save_arrays(
         "predict",
         ok=ok,
         probabilities=probabilities,
         layer_order=np.array(list(layer_features), dtype=str),
+        **vendor_arrays,
         **{f"layer_{name}": v.astype(np.float32) for name, v in layer_features.items()},
     )
 
@@ -348,6 +369,11 @@ def vendors_stage(ctx: AuditContext) -> None:
             frozen["image_ids"][ok],
             [str(name) for name in frozen["class_names"]],
             predicted["probabilities"],
+            held_out=(
+                (predicted["vendor_probabilities"], predicted["vendor_covered"])
+                if "vendor_probabilities" in predicted
+                else None
+            ),
         )
         if payload:
             session.merge(AuditAnalysis(audit_id=ctx.audit_id, name="vendors", payload=payload))

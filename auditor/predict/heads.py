@@ -138,19 +138,75 @@ def kfold_head_probabilities(
     probabilities = np.zeros((len(labels), n_classes))
     for fold in range(folds):
         held_out = fold_of == fold
-        train_x, test_x = _standardise(features[~held_out], features[held_out])
-        train_y = labels[~held_out]
-        seen = np.unique(train_y)
-        if len(seen) == 1:
-            probabilities[np.ix_(held_out, seen)] = 1.0
-            continue
-        # Heads learn only the classes in their training folds; remap so they need no empty class.
-        local_y = np.searchsorted(seen, train_y)
-        if head == "linear":
-            local = _fit_predict_linear(train_x, local_y, test_x, regularisation, seed)
-        elif head == "mlp":
-            local = _fit_predict_mlp(train_x, local_y, test_x, len(seen), seed + fold)
-        else:
-            raise ValueError(f"unknown head {head!r}")
-        probabilities[np.ix_(held_out, seen)] = local
+        probabilities[held_out] = _held_out_probabilities(
+            features, labels, ~held_out, held_out, n_classes, head, regularisation, seed + fold
+        )
     return probabilities
+
+
+def _held_out_probabilities(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    held_out: np.ndarray,
+    n_classes: int,
+    head: HeadKind,
+    regularisation: float,
+    seed: int,
+) -> np.ndarray:
+    """Probabilities of the `held_out` rows from a head fitted on the `train` rows."""
+    train_x, test_x = _standardise(features[train], features[held_out])
+    train_y = labels[train]
+    seen = np.unique(train_y)
+    probabilities = np.zeros((len(test_x), n_classes))
+    if len(seen) == 1:
+        probabilities[:, seen] = 1.0
+        return probabilities
+    # Heads learn only the classes in their training rows; remap so they need no empty class.
+    local_y = np.searchsorted(seen, train_y)
+    if head == "linear":
+        local = _fit_predict_linear(train_x, local_y, test_x, regularisation, seed)
+    elif head == "mlp":
+        local = _fit_predict_mlp(train_x, local_y, test_x, len(seen), seed)
+    else:
+        raise ValueError(f"unknown head {head!r}")
+    probabilities[:, seen] = local
+    return probabilities
+
+
+def group_held_out_probabilities(
+    features: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    membership: np.ndarray,
+    *,
+    seed: int = 0,
+    regularisation: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (n, n_classes), covered (n,) bool): each row predicted by a linear head that
+    saw no row of any group the row belongs to. `membership` is (n, groups) bool, e.g. which
+    labeling vendors labeled each image.
+
+    K-fold heads are out-of-sample per row, yet still learn each vendor's habits from the
+    vendor's other rows, so the model agrees with a vendor's systematic errors and a noisy
+    vendor looks better than it is. A head that never saw the vendor cannot. Rows of no group,
+    and groups whose complement is smaller than the group (too little to fit a head that is as
+    good as the others), are left uncovered.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    membership = np.asarray(membership, dtype=bool)
+    probabilities = np.zeros((len(labels), n_classes))
+    covered = np.zeros(len(labels), dtype=bool)
+    patterns, pattern_of = np.unique(membership, axis=0, return_inverse=True)
+    for index, pattern in enumerate(patterns):
+        if not pattern.any():
+            continue
+        held_out = pattern_of.ravel() == index
+        train = ~membership[:, pattern].any(axis=1)
+        if train.sum() < held_out.sum() or len(np.unique(labels[train])) < 2:
+            continue
+        probabilities[held_out] = _held_out_probabilities(
+            features, labels, train, held_out, n_classes, "linear", regularisation, seed
+        )
+        covered[held_out] = True
+    return probabilities, covered

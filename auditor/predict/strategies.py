@@ -22,6 +22,10 @@ Leakage (can an image's own given label influence its probability?):
 The default is `patch_heads`: on 10,000 CIFAR-10N images with 40% human noise it gave the best
 mislabel F1 per CPU-minute of the strategies measured, and it cannot leak (bench/results/predict.md).
 
+Given `holdout_groups` (which rows each labeling vendor labeled), the strategies with label-free
+features (`heads`, `patch_heads`, `patch_cnn`) also return probabilities from heads that never saw
+any row of the row's vendors, for the vendor error estimates (see `group_held_out_probabilities`).
+
 Where a CNN is trained the result also carries per-layer features. With several networks they come
 from the first one for every image, so all rows share one space for search.
 """
@@ -40,7 +44,12 @@ from auditor.predict.cnn import (
     train_cnn,
     use_available_cores,
 )
-from auditor.predict.heads import HeadKind, fold_assignment, kfold_head_probabilities
+from auditor.predict.heads import (
+    HeadKind,
+    fold_assignment,
+    group_held_out_probabilities,
+    kfold_head_probabilities,
+)
 from auditor.predict.patch_features import patch_features
 
 Strategy = Literal[
@@ -73,6 +82,8 @@ class OutOfSample:
     probabilities: np.ndarray
     layer_features: dict[str, np.ndarray] = field(default_factory=dict)
     strategy: str = ""
+    group_probabilities: np.ndarray | None = None
+    group_covered: np.ndarray | None = None
 
 
 def _normalised(probabilities: np.ndarray) -> np.ndarray:
@@ -124,14 +135,22 @@ def _cnn_crossfit(images, labels, n_classes, folds, seed, config, head) -> OutOf
     return OutOfSample(probabilities, features)
 
 
-def _patch_heads(images, labels, n_classes, folds, seed) -> OutOfSample:
-    encoded = patch_features(images, seed=seed)
-    # Square roots tame the heavy-tailed pooled activations; strong L2 suits the noisy labels.
-    return OutOfSample(
+PATCH_REGULARISATION = 0.01  # strong L2 suits the noisy labels
+
+
+def _patch_heads(images, labels, n_classes, folds, seed, membership=None) -> OutOfSample:
+    # Square roots tame the heavy-tailed pooled activations.
+    encoded = np.sqrt(patch_features(images, seed=seed))
+    result = OutOfSample(
         kfold_head_probabilities(
-            np.sqrt(encoded), labels, n_classes, folds=folds, seed=seed, regularisation=0.01
+            encoded, labels, n_classes, folds=folds, seed=seed, regularisation=PATCH_REGULARISATION
         )
     )
+    if membership is not None:
+        result.group_probabilities, result.group_covered = group_held_out_probabilities(
+            encoded, labels, n_classes, membership, seed=seed, regularisation=PATCH_REGULARISATION
+        )
+    return result
 
 
 def stacking_weight(first: np.ndarray, second: np.ndarray, labels: np.ndarray) -> float:
@@ -145,15 +164,20 @@ def stacking_weight(first: np.ndarray, second: np.ndarray, labels: np.ndarray) -
     return float(weights[int(np.argmax(likelihood))])
 
 
-def _patch_cnn(images, labels, n_classes, folds, seed, config, head) -> OutOfSample:
+def _patch_cnn(images, labels, n_classes, folds, seed, config, head, membership) -> OutOfSample:
     """Both label-free-or-cross-fitted models, mixed by stacking: their errors differ (pixel
     statistics versus learned shapes), so the mixture ranks label errors better than either
     alone, and the CNN's layers serve search and the per-layer hierarchy analysis."""
-    patch = _patch_heads(images, labels, n_classes, folds, seed)
+    patch = _patch_heads(images, labels, n_classes, folds, seed, membership)
     cnn = _cnn_crossfit(images, labels, n_classes, folds, seed, config, head)
     weight = stacking_weight(patch.probabilities, cnn.probabilities, labels)
     mixed = weight * patch.probabilities + (1 - weight) * cnn.probabilities
-    return OutOfSample(mixed, cnn.layer_features)
+    return OutOfSample(
+        mixed,
+        cnn.layer_features,
+        group_probabilities=patch.group_probabilities,
+        group_covered=patch.group_covered,
+    )
 
 
 def _cnn_once_heads(images, labels, n_classes, folds, seed, config, head) -> OutOfSample:
@@ -177,12 +201,14 @@ def out_of_sample_probabilities(
     head: HeadKind = "linear",
     train_config: TrainConfig | None = None,
     epochs: int | None = None,
+    holdout_groups: np.ndarray | None = None,
 ) -> OutOfSample:
     """Class probabilities for every row from models that did not train on that row (except for
     `cnn_once_heads`, see the module notes). Deterministic for a seed on a given machine.
 
     `images` are uint8 (n, h, w, 3) for the CNN strategies; `features` (n, d) for `heads`.
-    `epochs` overrides `train_config.epochs` (an early-stopping ceiling).
+    `epochs` overrides `train_config.epochs` (an early-stopping ceiling). `holdout_groups` is
+    (n, groups) bool membership, e.g. of labeling vendors.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or len(labels) == 0:
@@ -199,11 +225,24 @@ def out_of_sample_probabilities(
         result = OutOfSample(
             kfold_head_probabilities(features, labels, n_classes, folds=folds, seed=seed, head=head)
         )
+        if holdout_groups is not None:
+            result.group_probabilities, result.group_covered = group_held_out_probabilities(
+                features, labels, n_classes, holdout_groups, seed=seed
+            )
     elif strategy == "patch_heads":
-        result = _patch_heads(_require_images(images, labels), labels, n_classes, folds, seed)
+        result = _patch_heads(
+            _require_images(images, labels), labels, n_classes, folds, seed, holdout_groups
+        )
     elif strategy == "patch_cnn":
         result = _patch_cnn(
-            _require_images(images, labels), labels, n_classes, folds, seed, config, head
+            _require_images(images, labels),
+            labels,
+            n_classes,
+            folds,
+            seed,
+            config,
+            head,
+            holdout_groups,
         )
     elif strategy == "cnn_kfold":
         result = _cnn_kfold(_require_images(images, labels), labels, n_classes, folds, seed, config)

@@ -133,6 +133,9 @@ def vendor_report(
     return {
         "audit_id": audit.id,
         "method": stored.get("method"),
+        "sharpness": stored.get("sharpness"),
+        "sharpness_fitted": stored.get("sharpness_fitted"),
+        "held_out_share": stored.get("held_out_share"),
         "items": vendors,
         "batches": batches,
         "classes": [row for row in stored.get("vendor_classes", []) if visible(row)],

@@ -11,6 +11,13 @@ class-conditional noise matrix is fitted together with each image's posterior ov
 class. Several vendors labeling one image multiply their likelihoods, so their agreement counts.
 A label's error probability is one minus the posterior of its class; a group's rate is the mean
 over its labels.
+
+The model's prior should not have learned a vendor's habits: out-of-fold probabilities still did,
+from the vendor's other images, and then agree with its systematic errors (the noisiest vendor
+looked several points better than it was). So where the audit supplies probabilities from heads
+that never saw the image's vendors, those are the prior, and the sharpness that turns the model's
+doubt into label noise is fitted to them by likelihood; otherwise the audit's probabilities are
+used with the fixed sharpness measured on CIFAR-10N.
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from auditor.noise import noise_posteriors
+from auditor.noise import likeliest_sharpness, noise_posteriors
 
 WILSON_Z = 1.959964  # 95 %
-# Chosen on round 1 of bench/vendors.py (7,500 CIFAR-10N images); round 2 is the check.
+# Without held-out probabilities: chosen on round 1 of bench/vendors.py (7,500 CIFAR-10N images).
 SHARPNESS = 2.0
 
 
@@ -99,21 +106,33 @@ def vendor_estimates(
     labels: VendorLabels,
     class_names: list[str],
     flagged_rows: np.ndarray,
-    sharpness: float = SHARPNESS,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    sharpness: float | None = None,
 ) -> dict[str, Any]:
     """The `vendors` analysis of an audit: rates per vendor, per batch and per vendor and class,
     and pairwise agreement where vendors overlap. `flagged_rows` marks rows with a mislabel
-    finding, reported beside the estimate."""
+    finding, reported beside the estimate. `held_out` is (probabilities, covered rows) from
+    models that never saw the row's vendors; `sharpness` None fits it where they cover labels."""
     known = labels.classes >= 0
     vendor_names = sorted(set(labels.vendors))
     vendor_index = np.array([vendor_names.index(v) for v in labels.vendors], dtype=np.int64)
-    posterior = noise_posteriors(
-        probabilities,
-        labels.rows[known],
-        vendor_index[known],
-        labels.classes[known],
-        sharpness,
-    )
+    rows, sources, classes = labels.rows[known], vendor_index[known], labels.classes[known]
+    covered = np.zeros(len(probabilities), dtype=bool)
+    prior = probabilities
+    if held_out is not None:
+        covered = np.asarray(held_out[1], dtype=bool)
+        prior = np.where(covered[:, None], held_out[0], probabilities)
+    independent = covered[rows]
+    fitted = sharpness is None and bool(independent.any())
+    if sharpness is None:
+        sharpness = (
+            likeliest_sharpness(
+                prior, rows[independent], sources[independent], classes[independent]
+            )
+            if fitted
+            else SHARPNESS
+        )
+    posterior = noise_posteriors(prior, rows, sources, classes, sharpness)
     wrong = np.ones(len(labels.rows))
     wrong[known] = 1.0 - posterior[labels.rows[known], labels.classes[known]]
     flagged = flagged_rows[labels.rows]
@@ -131,7 +150,9 @@ def vendor_estimates(
     class_of = [class_names[c] if c >= 0 else "(unknown)" for c in labels.classes]
     return {
         "method": "vendor_noise_em",
-        "sharpness": sharpness,
+        "sharpness": round(float(sharpness), 3),
+        "sharpness_fitted": fitted,
+        "held_out_share": round(float(independent.mean()) if len(independent) else 0.0, 4),
         "vendors": rows_for(grouped(((v,) for v in labels.vendors), positions), ("vendor",)),
         "batches": rows_for(
             grouped(zip(labels.vendors, labels.batches, labels.batch_ids, strict=True), positions),

@@ -193,7 +193,10 @@ def main() -> None:
                 *table,
                 "",
                 f"Ranking correct: **{'yes' if ranked else 'no'}**; largest difference "
-                f"{worst * 100:.1f} pp (goal: within 3 pp).",
+                f"{worst * 100:.1f} pp (goal: within 3 pp). Sharpness {report['sharpness']}"
+                f"{' (fitted by likelihood)' if report['sharpness_fitted'] else ' (fixed)'}; "
+                f"{report['held_out_share']:.0%} of the vendor labels judged by heads that never "
+                "saw their vendor.",
                 "",
                 *batch_table(report, delivered, truth),
             ]

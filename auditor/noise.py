@@ -49,7 +49,8 @@ def fit_noise_model(
     iterations: int = 100,
     smoothing: float = 0.01,
 ) -> NoiseFit:
-    """Labels are (row, source index, class) triples; a row may carry several."""
+    """Per probability row, the posterior over the true class given the model and every label
+    on it. Labels are (row, source index, class) triples; a row may carry several."""
     n_rows, n_classes = probabilities.shape
     n_sources = int(sources.max()) + 1 if len(sources) else 1
     prior = sharpened(probabilities, sharpness)
@@ -74,22 +75,6 @@ def fit_noise_model(
     labeled = np.unique(rows)
     log_likelihood = float(evidence[labeled].sum() / max(1, len(rows)))
     return NoiseFit(posterior, noise, log_likelihood)
-
-
-def noise_posteriors(
-    probabilities: np.ndarray,
-    rows: np.ndarray,
-    sources: np.ndarray,
-    classes: np.ndarray,
-    sharpness: float,
-    iterations: int = 100,
-    smoothing: float = 0.01,
-) -> np.ndarray:
-    """Per probability row, the posterior over the true class given the model and every label
-    on it. Labels are (row, source index, class) triples; a row may carry several."""
-    return fit_noise_model(
-        probabilities, rows, sources, classes, sharpness, iterations, smoothing
-    ).posterior
 
 
 def likeliest_sharpness(

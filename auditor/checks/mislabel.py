@@ -22,7 +22,7 @@ from cleanlab.rank import get_label_quality_scores
 from auditor.checks.base import Check, CheckInputs, FindingDraft, register
 from auditor.db.models import Severity
 from auditor.hierarchy.severity import MislabelContext, mislabel_context
-from auditor.noise import noise_posteriors
+from auditor.noise import fit_noise_model
 
 NEIGHBOURS_IN_EVIDENCE = 5
 
@@ -97,9 +97,9 @@ class MislabelCheck(Check):
             return labeled, np.zeros(len(labeled), bool), np.zeros(len(labeled)), combined
         if self.settings["method"] == "noise_posterior":
             rows = np.arange(len(given))
-            posterior = noise_posteriors(
+            posterior = fit_noise_model(
                 combined, rows, np.zeros_like(rows), given, float(self.settings["sharpness"])
-            )
+            ).posterior
             wrong = 1.0 - posterior[np.arange(len(given)), given]
             return labeled, self.flagged(wrong, given, combined), wrong, posterior
         issues = find_label_issues(given, combined, filter_by=self.settings["filter_by"], n_jobs=1)

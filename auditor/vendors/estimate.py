@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor.noise import likeliest_sharpness, noise_posteriors
+from auditor.noise import fit_noise_model, likeliest_sharpness
 
 WILSON_Z = 1.959964  # 95 %
 # Without held-out probabilities: chosen on round 1 of bench/vendors.py (7,500 CIFAR-10N images).
@@ -132,7 +132,7 @@ def vendor_estimates(
             if fitted
             else SHARPNESS
         )
-    posterior = noise_posteriors(prior, rows, sources, classes, sharpness)
+    posterior = fit_noise_model(prior, rows, sources, classes, sharpness).posterior
     wrong = np.ones(len(labels.rows))
     wrong[known] = 1.0 - posterior[labels.rows[known], labels.classes[known]]
     flagged = flagged_rows[labels.rows]

@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from auditor.ingest.status import ImageStatus
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -42,13 +44,6 @@ def utcnow() -> datetime:
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
-
-
-class ImageStatus(enum.StrEnum):
-    OK = "ok"
-    UNREADABLE = "unreadable"
-    MISSING = "missing"
-    REFUSED = "refused"
 
 
 class AuditStatus(enum.StrEnum):

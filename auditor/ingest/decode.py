@@ -11,12 +11,11 @@ import io
 import warnings
 from dataclasses import dataclass, field
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from auditor.db.models import ImageStatus
 from auditor.ingest.sources import PathRefused, Source
+from auditor.ingest.status import ImageStatus
 
 THUMB_SIDE = 64
 
@@ -100,6 +99,10 @@ def decode_rgb(data: bytes, max_pixels: int = 100_000_000) -> Image.Image:
 
 
 def describe(data: bytes, max_pixels: int = 100_000_000) -> ImageDescription:
+    # imagehash pulls in SciPy and PyWavelets; only ingest needs it, not the loader workers that
+    # import this module for decode_rgb.
+    import imagehash
+
     image = open_checked(data, max_pixels)
     mode, fmt = image.mode, image.format
     n_frames = getattr(image, "n_frames", 1)

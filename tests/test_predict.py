@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from auditor.predict import (
@@ -15,6 +16,7 @@ from auditor.predict import (
     kfold_head_probabilities,
     out_of_sample_probabilities,
 )
+from auditor.predict.cnn import _augment
 from auditor.predict.heads import fold_assignment
 from auditor.predict.patch_features import patch_features
 from auditor.predict.strategies import stacking_weight
@@ -218,3 +220,24 @@ def test_group_held_out_heads_leave_rows_without_a_fair_complement_uncovered():
     assert covered[int(n * 0.7) : int(n * 0.9)].all()
     assert not covered[int(n * 0.9) :].any()  # no vendor: nothing to hold out
     assert (probabilities[~covered] == 0).all()
+
+
+def test_batched_augmentation_is_a_crop_of_the_padded_image_and_a_flip():
+    """The one-gather augmentation must equal cropping each zero-padded image at its drawn offset
+    and mirroring it where drawn, with the draws in the same order."""
+    images, _ = digit_images(40)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2)
+    augmented = _augment(batch, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    n, _, h, w = batch.shape
+    pad = h // 8
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad))
+    for i in range(n):
+        dy, dx = offsets[i].tolist()
+        expected = padded[i, :, dy : dy + h, dx : dx + w]
+        if flips[i]:
+            expected = expected.flip(2)
+        assert torch.equal(augmented[i], expected)
+    assert flips.any() and not flips.all() and (offsets != pad).any()

@@ -190,6 +190,7 @@ def predict_stage(ctx: AuditContext) -> None:
             seed=ctx.parameter("seed"),
             epochs=ctx.parameter("epochs"),
             holdout_groups=membership,
+            device=resolve_device(ctx.settings.device),
         )
         probabilities, layer_features = result.probabilities, result.layer_features
         group_probabilities, group_covered = result.group_probabilities, result.group_covered

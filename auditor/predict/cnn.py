@@ -2,14 +2,18 @@
 
 This is the path for machines without pretrained weights. The data arrive as one uint8 array and
 augmentation runs on whole batches in torch, so no DataLoader workers compete with the
-convolutions for the few CPU cores a worker usually has.
+convolutions for the few CPU cores a worker usually has. On CUDA the whole array sits on the GPU
+(50,000 CIFAR images are 150 MB) and the forward and backward passes run under bf16 autocast; the
+random draws stay on a CPU generator, so a seed picks the same crops, flips and batches on either
+device.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +52,10 @@ class TrainedCNN:
     best_validation_accuracy: float
     validation_history: list[float] = field(default_factory=list)
 
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
 
 def use_available_cores() -> None:
     """Torch defaults to the machine's core count; a container or affinity mask may grant fewer,
@@ -66,17 +74,33 @@ def _normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def _autocast(device: torch.device):
+    """bf16 on GPUs that have it; float32 elsewhere (fp16 training would need loss scaling, and
+    bf16 on a CPU is slower, not faster)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding by an eighth of the side, and horizontal flip."""
-    n, _, h, w = batch.shape
+    """Random crop after zero padding by an eighth of the side, and horizontal flip, as one
+    gather for the whole batch (a slice per image costs a kernel launch each on a GPU). The
+    draws come from `generator` on the CPU whatever device the batch is on."""
+    n, c, h, w = batch.shape
     pad = max(1, h // 8)
     padded = nn.functional.pad(batch, (pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
-    cropped = torch.stack(
-        [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)]
-    )
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+    rows = offsets[:, :1] + torch.arange(h)
+    columns = offsets[:, 1:] + torch.arange(w)
+    columns = torch.where(flip[:, None], columns.flip(1), columns)
+    device = batch.device
+    return padded[
+        torch.arange(n, device=device)[:, None, None, None],
+        torch.arange(c, device=device)[None, :, None, None],
+        rows.to(device)[:, None, :, None],
+        columns.to(device)[:, None, None, :],
+    ]
 
 
 def _validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -98,6 +122,7 @@ def train_cnn(
     seed: int = 0,
     coarse_labels: Sequence[np.ndarray] = (),
     coarse_weight: float = 0.5,
+    device: torch.device | str = "cpu",
 ) -> TrainedCNN:
     """Train with SGD + one-cycle schedule, stopping early when accuracy on a held-out part (of the
     given, possibly noisy labels) stops improving, and keeping the best epoch's weights.
@@ -110,10 +135,11 @@ def train_cnn(
         # channels-last inputs; refuse it cleanly instead.
         raise ValueError("width must be at least 16")
     use_available_cores()
+    device = torch.device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    data = _to_tensor(images)
-    targets = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    data = _to_tensor(images).to(device)
+    targets = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     pixels = data.float() / 255.0
     mean = pixels.mean(dim=(0, 2, 3)).view(1, 3, 1, 1)
     std = pixels.std(dim=(0, 2, 3)).view(1, 3, 1, 1) + 1e-6
@@ -124,10 +150,12 @@ def train_cnn(
     validation_index = np.flatnonzero(validation)
 
     # Hierarchy-aware training (the paper's branch heads): each coarse level's group per image.
-    coarse_targets = [torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in coarse_labels]
+    coarse_targets = [
+        torch.from_numpy(np.asarray(c, dtype=np.int64)).to(device) for c in coarse_labels
+    ]
     model = CompactResNet(
         n_classes, config.width, coarse_classes=[int(t.max()) + 1 for t in coarse_targets]
-    ).to(memory_format=torch.channels_last)
+    ).to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(
         model.parameters(),
         lr=config.learning_rate,
@@ -145,22 +173,24 @@ def train_cnn(
     stale = 0
     for epoch in range(config.epochs):
         model.train()
-        order = train_index[torch.randperm(len(train_index), generator=generator)]
+        order = train_index[torch.randperm(len(train_index), generator=generator)].to(device)
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
             if len(index) < 2:  # batch norm needs two samples
                 continue
             x = _normalise(_augment(data[index], generator), mean, std)
-            if coarse_targets:
-                logits, coarse_logits = model.forward_with_coarse(x)
-                coarse_loss = sum(
-                    loss_fn(c, t[index]) for c, t in zip(coarse_logits, coarse_targets, strict=True)
-                )
-                loss = loss_fn(logits, targets[index]) + coarse_weight * coarse_loss / len(
-                    coarse_targets
-                )
-            else:
-                loss = loss_fn(model(x), targets[index])
+            with _autocast(device):
+                if coarse_targets:
+                    logits, coarse_logits = model.forward_with_coarse(x)
+                    coarse_loss = sum(
+                        loss_fn(c.float(), t[index])
+                        for c, t in zip(coarse_logits, coarse_targets, strict=True)
+                    )
+                    loss = loss_fn(logits.float(), targets[index]) + coarse_weight * (
+                        coarse_loss / len(coarse_targets)
+                    )
+                else:
+                    loss = loss_fn(model(x).float(), targets[index])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -185,17 +215,20 @@ def train_cnn(
     return trained
 
 
-def _batches(trained: TrainedCNN, images: np.ndarray, batch_size: int = 500):
+def _batches(
+    trained: TrainedCNN, images: np.ndarray, batch_size: int = 500
+) -> Iterator[torch.Tensor]:
     data = _to_tensor(images)
     for start in range(0, len(data), batch_size):
-        yield _normalise(data[start : start + batch_size], trained.mean, trained.std)
+        batch = data[start : start + batch_size].to(trained.device, non_blocking=True)
+        yield _normalise(batch, trained.mean, trained.std)
 
 
 def predict_probabilities(trained: TrainedCNN, images: np.ndarray) -> np.ndarray:
     trained.model.eval()
-    with torch.inference_mode():
-        parts = [torch.softmax(trained.model(x), 1) for x in _batches(trained, images)]
-    return torch.cat(parts).double().numpy()
+    with torch.inference_mode(), _autocast(trained.device):
+        parts = [torch.softmax(trained.model(x).float(), 1) for x in _batches(trained, images)]
+    return torch.cat(parts).double().cpu().numpy()
 
 
 def layer_features(trained: TrainedCNN, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -207,14 +240,14 @@ def layer_features(trained: TrainedCNN, images: np.ndarray) -> dict[str, np.ndar
 
     def hook(name: str):
         def record(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            pooled = output.mean(dim=(2, 3)) if output.ndim == 4 else output
-            captured[name].append(nn.functional.normalize(pooled.flatten(1), dim=1))
+            pooled = output.float().mean(dim=(2, 3)) if output.ndim == 4 else output.float()
+            captured[name].append(nn.functional.normalize(pooled.flatten(1), dim=1).cpu())
 
         return record
 
     handles = [getattr(model, name).register_forward_hook(hook(name)) for name in LAYER_TAPS]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(trained.device):
             for x in _batches(trained, images):
                 model(x)
     finally:

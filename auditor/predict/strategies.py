@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import torch
 
 from auditor.predict.cnn import (
     TrainConfig,
@@ -99,14 +100,19 @@ def _require_images(images: np.ndarray | None, labels: np.ndarray) -> np.ndarray
     return images
 
 
-def _cnn_kfold(images, labels, n_classes, folds, seed, config) -> OutOfSample:
+def _cnn_kfold(images, labels, n_classes, folds, seed, config, device) -> OutOfSample:
     fold_of = fold_assignment(labels, folds, seed)
     probabilities = np.zeros((len(labels), n_classes))
     features: dict[str, np.ndarray] = {}
     for fold in range(folds):
         held_out = fold_of == fold
         net = train_cnn(
-            images[~held_out], labels[~held_out], n_classes, config=config, seed=seed + fold
+            images[~held_out],
+            labels[~held_out],
+            n_classes,
+            config=config,
+            seed=seed + fold,
+            device=device,
         )
         probabilities[held_out] = predict_probabilities(net, images[held_out])
         if fold == 0:
@@ -114,14 +120,19 @@ def _cnn_kfold(images, labels, n_classes, folds, seed, config) -> OutOfSample:
     return OutOfSample(probabilities, features)
 
 
-def _cnn_crossfit(images, labels, n_classes, folds, seed, config, head) -> OutOfSample:
+def _cnn_crossfit(images, labels, n_classes, folds, seed, config, head, device) -> OutOfSample:
     half_of = fold_assignment(labels, 2, seed)
     probabilities = np.zeros((len(labels), n_classes))
     features: dict[str, np.ndarray] = {}
     for half in (0, 1):
         predicted = half_of == half
         net = train_cnn(
-            images[~predicted], labels[~predicted], n_classes, config=config, seed=seed + half
+            images[~predicted],
+            labels[~predicted],
+            n_classes,
+            config=config,
+            seed=seed + half,
+            device=device,
         )
         taps = layer_features(net, images if half == 0 else images[predicted])
         if half == 0:
@@ -138,9 +149,9 @@ def _cnn_crossfit(images, labels, n_classes, folds, seed, config, head) -> OutOf
 PATCH_REGULARISATION = 0.01  # strong L2 suits the noisy labels
 
 
-def _patch_heads(images, labels, n_classes, folds, seed, membership=None) -> OutOfSample:
+def _patch_heads(images, labels, n_classes, folds, seed, membership, device) -> OutOfSample:
     # Square roots tame the heavy-tailed pooled activations.
-    encoded = np.sqrt(patch_features(images, seed=seed))
+    encoded = np.sqrt(patch_features(images, seed=seed, device=device))
     result = OutOfSample(
         kfold_head_probabilities(
             encoded, labels, n_classes, folds=folds, seed=seed, regularisation=PATCH_REGULARISATION
@@ -164,12 +175,14 @@ def stacking_weight(first: np.ndarray, second: np.ndarray, labels: np.ndarray) -
     return float(weights[int(np.argmax(likelihood))])
 
 
-def _patch_cnn(images, labels, n_classes, folds, seed, config, head, membership) -> OutOfSample:
+def _patch_cnn(
+    images, labels, n_classes, folds, seed, config, head, membership, device
+) -> OutOfSample:
     """Both label-free-or-cross-fitted models, mixed by stacking: their errors differ (pixel
     statistics versus learned shapes), so the mixture ranks label errors better than either
     alone, and the CNN's layers serve search and the per-layer hierarchy analysis."""
-    patch = _patch_heads(images, labels, n_classes, folds, seed, membership)
-    cnn = _cnn_crossfit(images, labels, n_classes, folds, seed, config, head)
+    patch = _patch_heads(images, labels, n_classes, folds, seed, membership, device)
+    cnn = _cnn_crossfit(images, labels, n_classes, folds, seed, config, head, device)
     weight = stacking_weight(patch.probabilities, cnn.probabilities, labels)
     mixed = weight * patch.probabilities + (1 - weight) * cnn.probabilities
     return OutOfSample(
@@ -180,8 +193,8 @@ def _patch_cnn(images, labels, n_classes, folds, seed, config, head, membership)
     )
 
 
-def _cnn_once_heads(images, labels, n_classes, folds, seed, config, head) -> OutOfSample:
-    net = train_cnn(images, labels, n_classes, config=config, seed=seed)
+def _cnn_once_heads(images, labels, n_classes, folds, seed, config, head, device) -> OutOfSample:
+    net = train_cnn(images, labels, n_classes, config=config, seed=seed, device=device)
     features = layer_features(net, images)
     probabilities = kfold_head_probabilities(
         features["pool"], labels, n_classes, folds=folds, seed=seed, head=head
@@ -202,13 +215,16 @@ def out_of_sample_probabilities(
     train_config: TrainConfig | None = None,
     epochs: int | None = None,
     holdout_groups: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
 ) -> OutOfSample:
     """Class probabilities for every row from models that did not train on that row (except for
     `cnn_once_heads`, see the module notes). Deterministic for a seed on a given machine.
 
     `images` are uint8 (n, h, w, 3) for the CNN strategies; `features` (n, d) for `heads`.
     `epochs` overrides `train_config.epochs` (an early-stopping ceiling). `holdout_groups` is
-    (n, groups) bool membership, e.g. of labeling vendors.
+    (n, groups) bool membership, e.g. of labeling vendors. `device` runs the CNN training and the
+    patch encoding (the linear heads stay on the CPU); results on CUDA differ from the CPU's in
+    the last digits of float arithmetic, not in the random draws.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or len(labels) == 0:
@@ -231,7 +247,7 @@ def out_of_sample_probabilities(
             )
     elif strategy == "patch_heads":
         result = _patch_heads(
-            _require_images(images, labels), labels, n_classes, folds, seed, holdout_groups
+            _require_images(images, labels), labels, n_classes, folds, seed, holdout_groups, device
         )
     elif strategy == "patch_cnn":
         result = _patch_cnn(
@@ -243,16 +259,19 @@ def out_of_sample_probabilities(
             config,
             head,
             holdout_groups,
+            device,
         )
     elif strategy == "cnn_kfold":
-        result = _cnn_kfold(_require_images(images, labels), labels, n_classes, folds, seed, config)
+        result = _cnn_kfold(
+            _require_images(images, labels), labels, n_classes, folds, seed, config, device
+        )
     elif strategy == "cnn_crossfit":
         result = _cnn_crossfit(
-            _require_images(images, labels), labels, n_classes, folds, seed, config, head
+            _require_images(images, labels), labels, n_classes, folds, seed, config, head, device
         )
     elif strategy == "cnn_once_heads":
         result = _cnn_once_heads(
-            _require_images(images, labels), labels, n_classes, folds, seed, config, head
+            _require_images(images, labels), labels, n_classes, folds, seed, config, head, device
         )
     else:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")

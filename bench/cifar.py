@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10n"
+# CIFAR10N_DIR points elsewhere, e.g. on a GPU machine that received a copy.
+DATA_DIR = Path(
+    os.environ.get("CIFAR10N_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10n"
+)
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".bench"
 CLASSES = (
     "airplane",
@@ -46,7 +51,9 @@ def load_images() -> np.ndarray:
             [np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB")) for n in names]
         )
     CACHE_DIR.mkdir(exist_ok=True)
-    np.save(cache, images)
+    partial = cache.with_suffix(f".{os.getpid()}.partial.npy")
+    np.save(partial, images)
+    partial.replace(cache)  # atomic: a benchmark started meanwhile never reads half a file
     return images
 
 

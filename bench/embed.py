@@ -6,6 +6,10 @@ downloaded. Each loader configuration (DataLoader worker processes, torch thread
 a fresh model-only run, so load from other processes on a shared machine hits both alike.
 
     .venv/bin/python -m bench.embed                  # writes bench/results/embed.md
+    python -m bench.embed --device cuda --out bench/results/embed-cuda.md
+
+On CUDA the loader settings compared are worker-process counts (the model needs no CPU threads),
+and model-only batches start as uint8 in host memory, as the loader's do.
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ from auditor.ingest.sources import Source, open_source
 
 CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10n/cifar10-train-jpeg.zip"
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.md"
-LOADER_CONFIGS = ((0, 2), (1, 1), (1, 2), (2, 2))  # (worker processes, torch threads)
+# (worker processes, torch threads) per device type
+LOADER_CONFIGS = {
+    "cpu": ((0, 2), (1, 1), (1, 2), (2, 2)),
+    "cuda": ((0, 4), (4, 4), (8, 4), (12, 4)),
+}
 
 
 @dataclass
@@ -83,12 +91,20 @@ def preloaded_batches(case: Case, backbone: Backbone, batch_size: int) -> list[t
     return [torch.stack(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
 
 
+def synchronise(backbone: Backbone) -> None:
+    """CUDA runs asynchronously: a timer must wait for the queued kernels."""
+    if backbone.device.type == "cuda":
+        torch.cuda.synchronize(backbone.device)
+
+
 def model_only_rate(backbone: Backbone, batches: list[torch.Tensor], threads: int) -> float:
     with torch_threads(threads):
-        backbone.embed(batches[0])  # warm-up: oneDNN picks its kernels on the first call
+        backbone.embed(batches[0])  # warm-up: oneDNN and cuDNN pick their kernels on the first call
+        synchronise(backbone)
         start = time.perf_counter()
         for batch in batches:
             backbone.embed(batch)
+        synchronise(backbone)
         elapsed = time.perf_counter() - start
     return sum(len(b) for b in batches) / elapsed
 
@@ -117,17 +133,15 @@ def end_to_end_rate(
     return len(case.items) / elapsed
 
 
-def run_case(
-    case: Case, batch_size: int, configs: Sequence[tuple[int, int]], repeats: int
-) -> list[Row]:
+def run_case(case: Case, batch_size: int, repeats: int, device: torch.device) -> list[Row]:
     """Medians over `repeats` sandwiches: model-only, end to end, model-only again. The speed of
     a shared machine drifts by 15% or more within a minute, so each end-to-end run is compared
     with the model-only runs right around it, and the median of those ratios is reported."""
-    backbone = build_backbone(case.architecture, None, resolution=case.resolution)
+    backbone = build_backbone(case.architecture, None, resolution=case.resolution, device=device)
     batches = preloaded_batches(case, backbone, batch_size)
     model_threads = os.cpu_count() or 1
     rows = []
-    for workers, threads in configs:
+    for workers, threads in LOADER_CONFIGS[device.type]:
         models, ends, ratios = [], [], []
         for _ in range(repeats):
             before = model_only_rate(backbone, batches, model_threads)
@@ -157,7 +171,15 @@ def format_row(row: Row) -> str:
     )
 
 
-def markdown(rows: list[Row], command: str, batch_size: int) -> str:
+def machine_line(device: torch.device) -> str:
+    cpu = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    load = f"load average {os.getloadavg()[0]:.1f} at the end"
+    if device.type == "cuda":
+        return f"Machine: {torch.cuda.get_device_name(device)} with a {cpu} ({load}); bf16 autocast"
+    return f"Machine: {cpu}, shared with other jobs ({load})"
+
+
+def markdown(rows: list[Row], command: str, batch_size: int, device: torch.device) -> str:
     best: dict[str, Row] = {}
     for row in rows:
         current = best.get(row.case)
@@ -171,8 +193,7 @@ def markdown(rows: list[Row], command: str, batch_size: int) -> str:
         "# Embedding throughput",
         "",
         f"Command: `{command}`",
-        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
-        f"shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); "
+        f"{machine_line(device)}; "
         f"torch {torch.__version__}, batch {batch_size}, random weights "
         "(a forward pass costs the same whatever the weight values); medians of the repeats.",
         "",
@@ -207,8 +228,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cifar", type=int, default=2000, help="CIFAR-10 images (0 = skip)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="sandwiches per configuration")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--cifar-zip", type=Path, default=CIFAR_ZIP)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
 
     data_dir = Path(tempfile.mkdtemp(prefix="embed-bench-jpegs-"))
     try:
@@ -220,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         cases[0].items = hashed_items(folder, args.small)
         cases[1].items = hashed_items(folder, args.large)
-        if args.cifar and CIFAR_ZIP.is_file():
-            cifar = open_source(CIFAR_ZIP)
+        if args.cifar and args.cifar_zip.is_file():
+            cifar = open_source(args.cifar_zip)
             cases.append(
                 Case(
                     "compact @32, CIFAR-10 zip",
@@ -233,12 +257,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         rows = []
         for case in cases:
-            rows.extend(run_case(case, args.batch_size, LOADER_CONFIGS, args.repeats))
+            rows.extend(run_case(case, args.batch_size, args.repeats, device))
     finally:
         shutil.rmtree(data_dir)
 
     command = "python -m bench.embed " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = markdown(rows, command.strip(), args.batch_size)
+    report = markdown(rows, command.strip(), args.batch_size, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)

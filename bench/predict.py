@@ -6,12 +6,17 @@ a time in separate processes; `--report` renders every recorded run into bench/r
 
     python -m bench.predict --n 10000 --labels worse,aggre --strategies cnn_crossfit,cnn_kfold
     python -m bench.predict --report
+    python -m bench.predict --device cuda --n 50000 --strategies cnn_kfold   # on a GPU machine
+
+CPU-minutes are the process's user+system time; on CUDA they count the host side only, so GPU
+records also carry wall-minutes and the device name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shlex
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from cleanlab.filter import find_label_issues
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
@@ -56,6 +62,12 @@ def mislabel_scores(probabilities: np.ndarray, noisy: np.ndarray, clean: np.ndar
     }
 
 
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} + {os.cpu_count()} cores"
+    return f"CPU, {os.cpu_count()} cores"
+
+
 def run(args: argparse.Namespace) -> None:
     images = cifar.load_images()
     columns = cifar.load_labels()
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> None:
                 seed=args.seed,
                 head=args.head,
                 train_config=config,
+                device=args.device,
             )
             record = {
                 "strategy": strategy,
@@ -84,6 +97,7 @@ def run(args: argparse.Namespace) -> None:
                 "width": args.width,
                 "head": args.head,
                 "seed": args.seed,
+                "device": device_name(args.device),
                 "wall_minutes": (time.perf_counter() - wall) / 60,
                 "cpu_minutes": (_cpu_seconds() - cpu) / 60,
                 **mislabel_scores(result.probabilities, noisy, clean),
@@ -98,14 +112,15 @@ def run(args: argparse.Namespace) -> None:
 def report() -> None:
     records = [json.loads(line) for line in RESULTS_LOG.read_text().splitlines() if line.strip()]
     header = (
-        "| labels | n | strategy | folds | epochs (max) | width | head | acc vs clean | "
+        "| labels | n | strategy | device | folds | epochs (max) | width | head | acc vs clean | "
         "flagged | precision | recall | F1 | AUROC | CPU-min | wall-min |"
     )
     lines = [
         "# Out-of-sample probabilities on CIFAR-10N",
         "",
-        f"Machine: {platform.machine()} CPU, 2 cores shared with other work (no GPU); "
-        "torch threads = 2. CPU-minutes are the process's user+system time.",
+        f"Machine: {platform.machine()} CPU, 2 cores shared with other work (no GPU), "
+        "torch threads = 2, unless the device column names a GPU machine. CPU-minutes are the "
+        "process's user+system time (host side only on a GPU).",
         "Mislabel scores: cleanlab `find_label_issues(labels, probs)` with defaults against "
         "`noisy != clean`; AUROC of 1 - p(given label).",
         "",
@@ -113,8 +128,10 @@ def report() -> None:
         "|" + " --- |" * (header.count("|") - 1),
     ]
     for r in sorted(records, key=lambda r: (r["labels"] != "worse", r["n"], r["strategy"])):
+        device = r.get("device", "CPU, 2 cores")
         lines.append(
-            f"| {r['labels']} | {r['n']} | {r['strategy']} | {r['folds']} | {r['epochs']} | "
+            f"| {r['labels']} | {r['n']} | {r['strategy']} | {device} | {r['folds']} | "
+            f"{r['epochs']} | "
             f"{r['width']} | {r['head']} | {r['accuracy_vs_clean']:.3f} | {r['flagged']} | "
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auroc']:.3f} | "
             f"{r['cpu_minutes']:.1f} | {r['wall_minutes']:.1f} |"
@@ -137,6 +154,7 @@ def main() -> None:
     parser.add_argument("--head", default="linear", choices=("linear", "mlp"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subset-seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--report", action="store_true", help="only render the results table")
     args = parser.parse_args()
     if args.report:

@@ -35,8 +35,8 @@ from auditor.embed.cache import FeatureStore, embed_with_cache
 from auditor.embed.extract import torch_threads
 from auditor.ingest.decode import decode_rgb
 from auditor.ingest.sources import Source, open_source
+from bench import cifar
 
-CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10n/cifar10-train-jpeg.zip"
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.md"
 # (worker processes, torch threads) per device type
 LOADER_CONFIGS = {
@@ -229,7 +229,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="sandwiches per configuration")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--cifar-zip", type=Path, default=CIFAR_ZIP)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -244,19 +243,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         cases[0].items = hashed_items(folder, args.small)
         cases[1].items = hashed_items(folder, args.large)
-        if args.cifar and args.cifar_zip.is_file():
-            cifar = open_source(args.cifar_zip)
+        if args.cifar and cifar.available():
+            archive = open_source(cifar.DATA_DIR / "cifar10-train-jpeg.zip")
             cases.append(
                 Case(
                     "compact @32, CIFAR-10 zip",
                     "compact",
                     32,
-                    cifar,
-                    hashed_items(cifar, args.cifar),
+                    archive,
+                    hashed_items(archive, args.cifar),
                 )
             )
         rows = []
-        for case in cases:
+        for case in (c for c in cases if c.items):  # 0 images skips a case
             rows.extend(run_case(case, args.batch_size, args.repeats, device))
     finally:
         shutil.rmtree(data_dir)

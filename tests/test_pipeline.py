@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import func, select
 
 from auditor.config import Settings
@@ -13,7 +14,7 @@ from auditor.db.queries import found_paths_by_kind
 from auditor.demo import build_demo_dataset
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.audit import create_audit, run_audit
-from auditor.pipeline.stages import STAGES
+from auditor.pipeline.stages import STAGES, trained_strategy
 
 
 @pytest.fixture
@@ -99,3 +100,10 @@ def test_backbone_path_embeds_once_and_reuses_the_feature_cache(session_factory,
     assert second.status == "completed"
     assert sorted(p.name for p in (stores[0] / "pool").iterdir()) == shards
     assert second.summary["findings"]["exact_duplicate"] == 5
+
+
+def test_auto_strategy_trains_a_wider_network_on_a_gpu():
+    strategy, config = trained_strategy("auto", torch.device("cuda"))
+    assert strategy == "cnn_kfold" and config is not None and config.width == 64
+    assert trained_strategy("auto", torch.device("cpu")) == ("patch_cnn", None)
+    assert trained_strategy("cnn_crossfit", torch.device("cuda")) == ("cnn_crossfit", None)

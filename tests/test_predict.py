@@ -241,3 +241,19 @@ def test_batched_augmentation_is_a_crop_of_the_padded_image_and_a_flip():
             expected = expected.flip(2)
         assert torch.equal(augmented[i], expected)
     assert flips.any() and not flips.all() and (offsets != pad).any()
+
+
+def test_cnn_strategies_judge_vendors_with_label_free_patch_heads():
+    """A network trained on every vendor's labels would carry their habits into its features, so
+    the vendor held-out heads of a CNN strategy are the patch-feature ones, identical to what
+    `patch_heads` returns for the same rows and seed."""
+    images, labels = digit_images(300)
+    membership = np.zeros((300, 2), dtype=bool)
+    membership[:100, 0] = True
+    membership[100:200, 1] = True
+    kwargs = {"images": images, "labels": labels, "n_classes": 10, "holdout_groups": membership}
+    cnn = out_of_sample_probabilities("cnn_kfold", train_config=TINY, folds=3, **kwargs)
+    patch = out_of_sample_probabilities("patch_heads", **kwargs)
+    np.testing.assert_array_equal(cnn.group_covered, patch.group_covered)
+    assert cnn.group_covered[:200].all() and not cnn.group_covered[200:].any()
+    np.testing.assert_allclose(cnn.group_probabilities, patch.group_probabilities)

@@ -22,9 +22,11 @@ Leakage (can an image's own given label influence its probability?):
 The default is `patch_heads`: on 10,000 CIFAR-10N images with 40% human noise it gave the best
 mislabel F1 per CPU-minute of the strategies measured, and it cannot leak (bench/results/predict.md).
 
-Given `holdout_groups` (which rows each labeling vendor labeled), the strategies with label-free
-features (`heads`, `patch_heads`, `patch_cnn`) also return probabilities from heads that never saw
-any row of the row's vendors, for the vendor error estimates (see `group_held_out_probabilities`).
+Given `holdout_groups` (which rows each labeling vendor labeled), every strategy also returns
+probabilities from heads that never saw any row of the row's vendors, for the vendor error
+estimates (see `group_held_out_probabilities`). Those heads need label-free features: the caller's
+for `heads`, otherwise the patch features (computed for this alone by the `cnn_*` strategies, since
+a network trained on the labels would carry the vendors' habits into its features).
 
 Where a CNN is trained the result also carries per-layer features. With several networks they come
 from the first one for every image, so all rows share one space for search.
@@ -275,6 +277,16 @@ def out_of_sample_probabilities(
         )
     else:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if holdout_groups is not None and result.group_probabilities is None:
+        encoded = np.sqrt(patch_features(images, seed=seed, device=device))
+        result.group_probabilities, result.group_covered = group_held_out_probabilities(
+            encoded,
+            labels,
+            n_classes,
+            holdout_groups,
+            seed=seed,
+            regularisation=PATCH_REGULARISATION,
+        )
     result.probabilities = _normalised(result.probabilities)
     result.strategy = strategy
     return result

@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> None:
                 log.write(json.dumps(record) + "\n")
 
 
-def report() -> None:
-    records = [json.loads(line) for line in RESULTS_LOG.read_text().splitlines() if line.strip()]
+def report(results: Path, out: Path) -> None:
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     header = (
         "| labels | n | strategy | device | folds | epochs (max) | width | head | acc vs clean | "
         "flagged | precision | recall | F1 | AUROC | CPU-min | wall-min |"
@@ -138,9 +138,9 @@ def report() -> None:
         )
     lines += ["", "Commands:", ""]
     lines += [f"    {c}" for c in dict.fromkeys(r["command"] for r in records)]
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text("\n".join(lines) + "\n")
-    print(REPORT.read_text())
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
 
 
 def main() -> None:
@@ -156,9 +156,11 @@ def main() -> None:
     parser.add_argument("--subset-seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--report", action="store_true", help="only render the results table")
+    parser.add_argument("--results", type=Path, default=RESULTS_LOG, help="records to render")
+    parser.add_argument("--out", type=Path, default=REPORT, help="where --report writes")
     args = parser.parse_args()
     if args.report:
-        report()
+        report(args.results, args.out)
     elif not cifar.available():
         sys.exit(f"CIFAR-10N not found under {cifar.DATA_DIR}")
     else:

@@ -35,16 +35,17 @@ step tests 120 "$py" -m pytest --noconftest -q -p no:cacheprovider tests/test_cu
 step embed 200 "$py" -m bench.embed --device cuda --small 5000 --large 2000 --cifar 10000 \
     --batch-size 256 --repeats 3 --out "$out/embed-cuda.md"
 
-stream_50k() {
-    predict "0-$((half - 1))" --n 50000 --labels worse,aggre --strategies cnn_kfold
+stream_50k() { # the audit's GPU recipe first, then the narrow network for comparison
     predict "0-$((half - 1))" --n 50000 --labels worse,aggre --strategies cnn_kfold \
         --width 64 --epochs 20
+    predict "0-$((half - 1))" --n 50000 --labels worse,aggre --strategies cnn_kfold
 }
 stream_10k() {
     predict "$half-$((cores - 1))" --n 10000 --labels worse,aggre \
-        --strategies patch_heads,patch_cnn,cnn_kfold,cnn_crossfit,cnn_once_heads
-    predict "$half-$((cores - 1))" --n 50000 --labels worse,aggre \
-        --strategies patch_cnn,patch_heads
+        --strategies patch_heads,cnn_kfold,cnn_crossfit,cnn_once_heads
+    predict "$half-$((cores - 1))" --n 10000 --labels worse --strategies cnn_kfold \
+        --width 64 --epochs 20
+    predict "$half-$((cores - 1))" --n 10000 --labels worse,aggre --strategies patch_cnn
 }
 step cifar 120 "$py" -c 'from bench import cifar; print(cifar.load_images().shape)'
 start=$SECONDS

@@ -14,8 +14,10 @@ from sqlalchemy import func, select
 
 from auditor.config import Settings
 from auditor.db.models import Class, Dataset, Finding, FindingImage, Image, Label
+from auditor.ingest.decode import decode_entry
 from auditor.ingest.ingest import ingest
-from auditor.ingest.sources import SourceError
+from auditor.ingest.sources import CorruptMember, SourceError, open_source
+from auditor.ingest.status import ImageStatus
 from auditor.parallel import MIN_PARALLEL_ITEMS
 from tests.corpus import EXPECTED, encode, noise_image, write_hostile_corpus
 
@@ -306,3 +308,28 @@ def test_large_folders_decode_in_worker_processes_in_order(session_factory, tmp_
         images = session.scalars(select(Image).where(Image.dataset_id == result.dataset_id)).all()
     assert len({image.sha256 for image in images}) == MIN_PARALLEL_ITEMS
     assert all(image.width == 9 and image.status == "ok" for image in images)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_zip_members_read_as_zipfile_reads_them_and_corruption_is_a_finding(tmp_path, compression):
+    archive = tmp_path / "set.zip"
+    images = {f"cat/{i}.png": encode(noise_image(i, (16, 16)), "PNG") for i in range(3)}
+    with zipfile.ZipFile(archive, "w", compression) as bundle:
+        for name, data in images.items():
+            bundle.writestr(name, data)
+    source = open_source(archive)
+    assert {e.path: source.read_bytes(e.path) for e in source.entries()} == images
+
+    with zipfile.ZipFile(archive) as bundle:
+        info = bundle.getinfo("cat/1.png")
+        data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw = bytearray(archive.read_bytes())
+    raw[data_start + info.compress_size // 2] ^= 0xFF
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(bytes(raw))
+    damaged = open_source(corrupt)
+    assert damaged.read_bytes("cat/0.png") == images["cat/0.png"]
+    with pytest.raises(CorruptMember):
+        damaged.read_bytes("cat/1.png")
+    outcome = decode_entry(damaged, "cat/1.png", max_pixels=10**8, max_bytes=10**8)
+    assert outcome.status == ImageStatus.UNREADABLE and "cat/1.png" in outcome.error

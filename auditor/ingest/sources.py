@@ -8,11 +8,14 @@ symlinks pointing outside the root are refused, never followed.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import posixpath
+import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -25,6 +28,10 @@ IGNORED_NAMES = {"Thumbs.db", "desktop.ini"}
 
 class SourceError(ValueError):
     """The source as a whole cannot be read (not found, unsupported, malformed manifest)."""
+
+
+class CorruptMember(OSError):
+    """An archive member whose bytes cannot be trusted (bad header, short read, CRC mismatch)."""
 
 
 class PathRefused(Exception):
@@ -264,30 +271,72 @@ class ArchiveIndex:
     links: frozenset[str]
 
 
-def archive_key(archive: Path) -> tuple[str, int, int, int]:
-    """`archive` is a resolved path. One version of an archive file in one process: the index is rebuilt when the file changes,
-    and a forked child never reads through its parent's file offset."""
+def archive_key(archive: Path) -> tuple[str, int, int]:
+    """`archive` is a resolved path. One version of an archive file: the index is rebuilt when
+    the file changes."""
     stat = archive.stat()
-    return str(archive), stat.st_size, stat.st_mtime_ns, os.getpid()
+    return str(archive), stat.st_size, stat.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class ZipArchive:
+    """A zip's central directory, parsed once per file version and inherited by forked loader
+    workers (parsing a 50,000-member archive takes 0.4 s, longer than a worker then spends
+    decoding a small dataset), and one descriptor read with `os.pread`: a positioned read never
+    moves a shared file offset, so threads and forked processes can all read through it."""
+
+    file: io.FileIO
+    by_name: dict[str, zipfile.ZipInfo]
+    index: ArchiveIndex
 
 
 @lru_cache(maxsize=8)
-def zip_index(key: tuple[str, int, int, int]) -> tuple[zipfile.ZipFile, ArchiveIndex]:
-    """One open handle and member index per zip and process: reading the central directory of a
-    50,000-member archive for every batch of work would cost more than decoding the images.
-    ZipFile serialises reads on its shared file object, so threads may share the handle."""
-    handle = zipfile.ZipFile(key[0])
-    names, members = [], {}
-    for info in handle.infolist():
+def zip_archive(key: tuple[str, int, int]) -> ZipArchive:
+    with zipfile.ZipFile(key[0]) as handle:
+        infos = handle.infolist()
+    names, members, by_name = [], {}, {}
+    for info in infos:
         if info.is_dir():
             continue
         names.append(info.filename)
+        by_name[info.filename] = info
         try:
             clean = normalise_member_path(info.filename)
         except PathRefused:
             continue
         members[clean] = (info.file_size, f"{info.file_size}:{info.CRC:08x}", info)
-    return handle, ArchiveIndex(tuple(names), members, frozenset())
+    index = ArchiveIndex(tuple(names), members, frozenset())
+    return ZipArchive(open(key[0], "rb", buffering=0), by_name, index)  # noqa: SIM115 - kept open
+
+
+LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, fixed fields, name and extra lengths
+
+
+def read_zip_member(archive: ZipArchive, info: zipfile.ZipInfo) -> bytes:
+    """The member's bytes, checked as `zipfile` checks them (size and CRC-32), at a quarter of
+    its cost per small member: no per-read objects and no lock."""
+    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        with zipfile.ZipFile(archive.file.name) as handle:  # encrypted, bzip2, lzma: rare
+            return handle.read(info)
+    fd = archive.file.fileno()
+    header = os.pread(fd, LOCAL_HEADER.size, info.header_offset)
+    if len(header) != LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise CorruptMember(f"bad local header for {info.filename}")
+    _, name_length, extra_length = LOCAL_HEADER.unpack(header)
+    start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
+    raw = os.pread(fd, info.compress_size, start)
+    if len(raw) != info.compress_size:
+        raise CorruptMember(f"{info.filename} is truncated")
+    data = raw
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        try:
+            # Bounded by the declared size, so a member that inflates beyond it is not expanded.
+            data = zlib.decompressobj(-15).decompress(raw, info.file_size + 1)
+        except zlib.error as exc:
+            raise CorruptMember(f"{info.filename}: {exc}") from None
+    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+        raise CorruptMember(f"bad CRC-32 or size for {info.filename}")
+    return data
 
 
 @lru_cache(maxsize=8)
@@ -312,21 +361,24 @@ def tar_index(key: tuple[str, int, int, int]) -> ArchiveIndex:
 class ZipSource(ArchiveSource):
     kind = "zip"
 
-    def _zip(self) -> tuple[zipfile.ZipFile, ArchiveIndex]:
-        return zip_index(archive_key(self.archive))
+    def _zip(self) -> ZipArchive:
+        return zip_archive(archive_key(self.archive))
 
     def index(self) -> ArchiveIndex:
-        return self._zip()[1]
+        return self._zip().index
 
     def read_member(self, name: str) -> bytes:
-        return self._zip()[0].read(name)
+        archive = self._zip()
+        if name not in archive.by_name:
+            raise FileNotFoundError(name)
+        return read_zip_member(archive, archive.by_name[name])
 
     def read_bytes(self, path: str) -> bytes:
-        handle, index = self._zip()
+        archive = self._zip()
         clean = normalise_member_path(path)
-        if clean not in index.members:
+        if clean not in archive.index.members:
             raise FileNotFoundError(path)
-        return handle.read(index.members[clean][2])
+        return read_zip_member(archive, archive.index.members[clean][2])
 
 
 class TarSource(ArchiveSource):

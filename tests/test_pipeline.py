@@ -102,8 +102,10 @@ def test_backbone_path_embeds_once_and_reuses_the_feature_cache(session_factory,
     assert second.summary["findings"]["exact_duplicate"] == 5
 
 
-def test_auto_strategy_trains_a_wider_network_on_a_gpu():
-    strategy, config = trained_strategy("auto", torch.device("cuda"))
+def test_auto_strategy_trains_wide_networks_on_a_gpu_for_large_datasets():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    strategy, config = trained_strategy("auto", cuda, 50_000)
     assert strategy == "cnn_kfold" and config is not None and config.width == 64
-    assert trained_strategy("auto", torch.device("cpu")) == ("patch_cnn", None)
-    assert trained_strategy("cnn_crossfit", torch.device("cuda")) == ("cnn_crossfit", None)
+    assert trained_strategy("auto", cuda, 10_000) == ("patch_cnn", None)
+    assert trained_strategy("auto", cpu, 50_000) == ("patch_cnn", None)
+    assert trained_strategy("cnn_crossfit", cuda, 50_000) == ("cnn_crossfit", None)

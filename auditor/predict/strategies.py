@@ -42,6 +42,7 @@ import torch
 
 from auditor.predict.cnn import (
     TrainConfig,
+    TrainedCNN,
     layer_features,
     predict_probabilities,
     train_cnn,
@@ -102,20 +103,20 @@ def _require_images(images: np.ndarray | None, labels: np.ndarray) -> np.ndarray
     return images
 
 
+def _network_blind_to(held_out, images, labels, n_classes, config, seed, device) -> TrainedCNN:
+    """A network trained on every row except `held_out`, so it may predict those rows."""
+    return train_cnn(
+        images[~held_out], labels[~held_out], n_classes, config=config, seed=seed, device=device
+    )
+
+
 def _cnn_kfold(images, labels, n_classes, folds, seed, config, device) -> OutOfSample:
     fold_of = fold_assignment(labels, folds, seed)
     probabilities = np.zeros((len(labels), n_classes))
     features: dict[str, np.ndarray] = {}
     for fold in range(folds):
         held_out = fold_of == fold
-        net = train_cnn(
-            images[~held_out],
-            labels[~held_out],
-            n_classes,
-            config=config,
-            seed=seed + fold,
-            device=device,
-        )
+        net = _network_blind_to(held_out, images, labels, n_classes, config, seed + fold, device)
         probabilities[held_out] = predict_probabilities(net, images[held_out])
         if fold == 0:
             features = layer_features(net, images)
@@ -128,14 +129,7 @@ def _cnn_crossfit(images, labels, n_classes, folds, seed, config, head, device) 
     features: dict[str, np.ndarray] = {}
     for half in (0, 1):
         predicted = half_of == half
-        net = train_cnn(
-            images[~predicted],
-            labels[~predicted],
-            n_classes,
-            config=config,
-            seed=seed + half,
-            device=device,
-        )
+        net = _network_blind_to(predicted, images, labels, n_classes, config, seed + half, device)
         taps = layer_features(net, images if half == 0 else images[predicted])
         if half == 0:
             features = taps

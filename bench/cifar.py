@@ -57,6 +57,12 @@ def load_images() -> np.ndarray:
     return images
 
 
+def image_names() -> list[str]:
+    """The images' names in CIFAR-10 training order, the row order of `load_images`."""
+    with open(DATA_DIR / "cifar10n-labels.csv", newline="") as f:
+        return sorted(row["image"] for row in csv.DictReader(f))
+
+
 def load_labels() -> dict[str, np.ndarray]:
     """Each label column as int class indices (CIFAR-10 order), rows in image order."""
     index = {name: i for i, name in enumerate(CLASSES)}
@@ -77,3 +83,24 @@ def subset(n: int, seed: int = 0) -> np.ndarray:
     per_class = n // len(CLASSES)
     picked = [rng.permutation(np.flatnonzero(clean == c))[:per_class] for c in range(len(CLASSES))]
     return np.sort(np.concatenate(picked))
+
+
+# Three labeling vendors for the vendor benchmarks, each labeling with one human column.
+VENDORS = {"vendor-a": "aggre", "vendor-b": "random1", "vendor-c": "worse"}
+
+
+def plan_deliveries(n: int, seed: int) -> tuple[list[dict], dict[str, dict]]:
+    """Rows (path, label, vendor, batch, wrong) for n random images: each vendor a third, each
+    third in two deliveries."""
+    with (DATA_DIR / "cifar10n-labels.csv").open() as stream:
+        rows = sorted(csv.DictReader(stream), key=lambda row: row["image"])
+    picked = np.random.default_rng(seed).permutation(len(rows))[:n]
+    planned, truth = [], {}
+    for position, index in enumerate(picked):
+        row = rows[index]
+        vendor = list(VENDORS)[position % 3]
+        label = row[VENDORS[vendor]]
+        batch = "delivery-1" if position % 6 < 3 else "delivery-2"
+        planned.append({"path": row["image"], "label": label, "vendor": vendor, "batch": batch})
+        truth[row["image"]] = {"wrong": label != row["clean"], "clean": row["clean"]}
+    return planned, truth

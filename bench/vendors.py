@@ -35,26 +35,8 @@ from auditor.services.diff import audit_diff
 from auditor.services.reviews import ReviewRequest, review_finding
 from auditor.services.vendors import vendor_report
 from bench import cifar
+from bench.cifar import VENDORS, plan_deliveries
 from bench.report import write_results
-
-VENDORS = {"vendor-a": "aggre", "vendor-b": "random1", "vendor-c": "worse"}
-
-
-def plan_deliveries(n: int, seed: int) -> tuple[list[dict], dict[str, dict]]:
-    """Rows (path, label, vendor, batch, wrong) for n random images: each vendor a third, each
-    third in two deliveries."""
-    with (cifar.DATA_DIR / "cifar10n-labels.csv").open() as stream:
-        rows = sorted(csv.DictReader(stream), key=lambda row: row["image"])
-    picked = np.random.default_rng(seed).permutation(len(rows))[:n]
-    planned, truth = [], {}
-    for position, index in enumerate(picked):
-        row = rows[index]
-        vendor = list(VENDORS)[position % 3]
-        label = row[VENDORS[vendor]]
-        batch = "delivery-1" if position % 6 < 3 else "delivery-2"
-        planned.append({"path": row["image"], "label": label, "vendor": vendor, "batch": batch})
-        truth[row["image"]] = {"wrong": label != row["clean"], "clean": row["clean"]}
-    return planned, truth
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

@@ -174,6 +174,27 @@ def _held_out_probabilities(
     return probabilities
 
 
+def held_out_groups(
+    membership: np.ndarray, labels: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(held-out rows, training rows) per pattern of group membership: the rows of one pattern
+    are predicted by a model fitted on the rows that share no group with them. Rows of no group,
+    and patterns whose complement is smaller than the pattern (too little to fit a model that is
+    as good as the others), get no entry."""
+    membership = np.asarray(membership, dtype=bool)
+    patterns, pattern_of = np.unique(membership, axis=0, return_inverse=True)
+    splits = []
+    for index, pattern in enumerate(patterns):
+        if not pattern.any():
+            continue
+        held_out = pattern_of.ravel() == index
+        train = ~membership[:, pattern].any(axis=1)
+        if train.sum() < held_out.sum() or len(np.unique(labels[train])) < 2:
+            continue
+        splits.append((held_out, train))
+    return splits
+
+
 def group_held_out_probabilities(
     features: np.ndarray,
     labels: np.ndarray,
@@ -189,22 +210,13 @@ def group_held_out_probabilities(
 
     K-fold heads are out-of-sample per row, yet still learn each vendor's habits from the
     vendor's other rows, so the model agrees with a vendor's systematic errors and a noisy
-    vendor looks better than it is. A head that never saw the vendor cannot. Rows of no group,
-    and groups whose complement is smaller than the group (too little to fit a head that is as
-    good as the others), are left uncovered.
+    vendor looks better than it is. A head that never saw the vendor cannot. Rows that
+    `held_out_groups` leaves out are left uncovered.
     """
     features = np.asarray(features, dtype=np.float64)
-    membership = np.asarray(membership, dtype=bool)
     probabilities = np.zeros((len(labels), n_classes))
     covered = np.zeros(len(labels), dtype=bool)
-    patterns, pattern_of = np.unique(membership, axis=0, return_inverse=True)
-    for index, pattern in enumerate(patterns):
-        if not pattern.any():
-            continue
-        held_out = pattern_of.ravel() == index
-        train = ~membership[:, pattern].any(axis=1)
-        if train.sum() < held_out.sum() or len(np.unique(labels[train])) < 2:
-            continue
+    for held_out, train in held_out_groups(membership, labels):
         probabilities[held_out] = _held_out_probabilities(
             features, labels, train, held_out, n_classes, "linear", regularisation, seed
         )

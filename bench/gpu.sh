@@ -37,14 +37,14 @@ step embed 200 "$py" -m bench.embed --device cuda --small 5000 --large 2000 --ci
 
 stream_50k() { # the audit's GPU recipe first, then the narrow network for comparison
     predict "0-$((half - 1))" --n 50000 --labels worse,aggre --strategies cnn_kfold \
-        --width 64 --epochs 20
+        --width 64 --epochs 15
     predict "0-$((half - 1))" --n 50000 --labels worse,aggre --strategies cnn_kfold
 }
 stream_10k() {
     predict "$half-$((cores - 1))" --n 10000 --labels worse,aggre \
         --strategies patch_heads,cnn_kfold,cnn_crossfit,cnn_once_heads
     predict "$half-$((cores - 1))" --n 10000 --labels worse --strategies cnn_kfold \
-        --width 64 --epochs 20
+        --width 64 --epochs 15
     predict "$half-$((cores - 1))" --n 10000 --labels worse,aggre --strategies patch_cnn
 }
 step cifar 120 "$py" -c 'from bench import cifar; print(cifar.load_images().shape)'

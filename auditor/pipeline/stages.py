@@ -54,14 +54,15 @@ from auditor.vendors.analysis import vendor_analysis, vendor_membership
 SEARCH_LAYER = "pool"
 # Without pretrained weights: on a CPU, k-means patch heads averaged with a cross-fitted CNN, which
 # also provides the layer features for search and the hierarchy analysis (bench/quality.py). On a
-# GPU the network's width and epochs cost little wall time (the small network leaves it mostly
-# idle): K-fold networks of width 64 for 20 epochs gave cleanlab F1 0.775 (`worse`) and 0.536
-# (`aggre`) on 50,000 CIFAR-10N images in about 2 minutes each on an H100; at 10,000 images 0.688
-# in 0.6 minutes, against 0.706 for the CPU default in 1.7 minutes (bench/results/predict.md). So
-# the GPU recipe takes over from a size between the two measured ones.
+# GPU the network's width costs little wall time (the small network leaves it mostly idle), while
+# epochs beyond the first fifteen mostly memorise wrong labels: K-fold networks of width 64 for 15
+# epochs gave cleanlab F1 0.789 (`worse`) and 0.558 (`aggre`) on 50,000 CIFAR-10N images in under
+# 2 minutes each on an H100 (20 epochs: 0.775 / 0.536; 30: 0.739; width 96: 0.776); at 10,000
+# images width 64 gave 0.688 against 0.706 for the CPU default (bench/results/predict-cuda.md).
+# So the GPU recipe takes over from a size between the two measured ones.
 TRAINED_STRATEGY = "patch_cnn"
 GPU_STRATEGY = "cnn_kfold"
-GPU_TRAIN_CONFIG = TrainConfig(width=64, epochs=20)
+GPU_TRAIN_CONFIG = TrainConfig(width=64, epochs=15)
 GPU_STRATEGY_MIN_IMAGES = 25_000
 LAYER_LEVELS = 6
 DEFAULT_PARAMETERS: dict[str, Any] = {

@@ -73,25 +73,27 @@ def held_out_prior(
     return probabilities
 
 
-def cached_prior(prior: str, round_number: int, rows, args) -> tuple[np.ndarray, float]:
-    """(probabilities, wall seconds to compute them; 0 when read from the cache)."""
+def cached_prior(prior: str, round_number: int, rows, args) -> tuple[np.ndarray, str]:
+    """(probabilities, how long they took and where), from the cache when it holds them."""
     indices, given, _, vendors = rows
     cache = args.cache / f"vendor-prior-{prior}-{args.n}-r{round_number}.npz"
     if cache.is_file():
         with np.load(cache) as data:
-            return data["probabilities"], 0.0
+            return data["probabilities"], str(data["timing"])
     names = sorted(set(vendors))
     membership = np.array([[vendor == name for name in names] for vendor in vendors])
     started = time.perf_counter()
     images = cifar.load_images()[indices]
     probabilities = held_out_prior(prior, images, given, membership, args)
-    seconds = time.perf_counter() - started
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    timing = f"{time.perf_counter() - started:.0f} s, {where}"
     args.cache.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, probabilities=probabilities)
-    return probabilities, seconds
+    np.savez(cache, probabilities=probabilities, timing=timing)
+    return probabilities, timing
 
 
-def estimate_lines(prior: str, probabilities, seconds: float | None, rows) -> list[str]:
+def estimate_lines(prior: str, probabilities, timing: str, rows) -> list[str]:
     _, given, clean, vendors = rows
     labels = VendorLabels(
         rows=np.arange(len(given)),
@@ -116,7 +118,6 @@ def estimate_lines(prior: str, probabilities, seconds: float | None, rows) -> li
             f"{true:.1%} / {item['estimated_error_rate']:.1%} ({difference * 100:+.1f} pp)"
         )
     accuracy = float(np.mean(probabilities.argmax(1) == clean))
-    timing = "-" if seconds is None else f"{seconds:.0f} s" if seconds else "cached"
     return [
         f"| {prior} | {accuracy:.3f} | {report['sharpness']} | {' | '.join(cells)} | "
         f"{worst * 100:.1f} pp | {timing} |"
@@ -137,14 +138,13 @@ def main() -> None:
     if not cifar.available():
         raise SystemExit("CIFAR-10N not found beside the repository")
     use_available_cores()
-    device = torch.device(args.device)
     lines = [
         f"### Held-out priors for the vendor estimates (`python -m bench.vendor_prior --n {args.n}"
         f" --priors {args.priors}`)",
         "",
-        f"Vendors and deliveries as in bench/vendors.py; device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f"; CNN width {args.width}, at most {args.epochs} epochs. Cells: true / estimated error "
+        "Vendors and deliveries as in bench/vendors.py; the time column says how long each prior "
+        "took and where (priors are cached, so a table can combine GPU and CPU runs)"
+        f"; CNN width {args.width}, at most {args.epochs} epochs. Cells: true / estimated error "
         "rate (difference).",
     ]
     priors = args.priors.split(",")
@@ -169,7 +169,7 @@ def main() -> None:
             print("\n".join(lines[-1:]), flush=True)
         if "mix" in priors and {"patch", "cnn"} <= set(computed):
             mixed = (computed["patch"][0] + computed["cnn"][0]) / 2
-            lines += estimate_lines("mix", mixed, None, rows)
+            lines += estimate_lines("mix", mixed, "-", rows)
             print(lines[-1], flush=True)
     write_results(args.out or f"vendor-prior-{args.n}.md", lines)
 

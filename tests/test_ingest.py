@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from auditor.config import Settings
 from auditor.db.models import Class, Dataset, Finding, FindingImage, Image, Label
 from auditor.ingest.decode import decode_entry
 from auditor.ingest.ingest import ingest
-from auditor.ingest.sources import CorruptMember, SourceError, open_source
+from auditor.ingest.sources import CorruptMember, PathRefused, SourceError, open_source
 from auditor.ingest.status import ImageStatus
 from auditor.parallel import MIN_PARALLEL_ITEMS
 from tests.corpus import EXPECTED, encode, noise_image, write_hostile_corpus
@@ -333,3 +334,28 @@ def test_zip_members_read_as_zipfile_reads_them_and_corruption_is_a_finding(tmp_
         damaged.read_bytes("cat/1.png")
     outcome = decode_entry(damaged, "cat/1.png", max_pixels=10**8, max_bytes=10**8)
     assert outcome.status == ImageStatus.UNREADABLE and "cat/1.png" in outcome.error
+
+
+@pytest.mark.timeout(20)
+def test_folder_reads_refuse_what_is_not_a_regular_file_without_blocking(tmp_path):
+    """A FIFO would block a plain open() for ever; a folder or a link out of the root must not
+    be read either. All fail at once with the error the callers turn into a finding."""
+    cat = tmp_path / "data" / "cat"
+    cat.mkdir(parents=True)
+    (cat / "ok.png").write_bytes(b"bytes")
+    os.mkfifo(cat / "pipe.png")
+    (cat / "folder.png").mkdir()
+    os.symlink(tmp_path / "data" / "cat" / "ok.png", cat / "inside.png")
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    os.symlink(tmp_path / "secret.png", cat / "escape.png")
+    source = open_source(tmp_path / "data")
+
+    assert source.read_bytes("cat/ok.png") == b"bytes"
+    assert source.read_bytes("cat/inside.png") == b"bytes"
+    for path in ("cat/pipe.png", "cat/folder.png", "cat/missing.png"):
+        with pytest.raises(FileNotFoundError):
+            source.read_bytes(path)
+    with pytest.raises(PathRefused):
+        source.read_bytes("cat/escape.png")
+    with pytest.raises(PathRefused):
+        source.read_bytes("../secret.png")

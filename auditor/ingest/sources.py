@@ -12,6 +12,7 @@ import io
 import json
 import os
 import posixpath
+import stat
 import struct
 import tarfile
 import zipfile
@@ -87,38 +88,56 @@ class DirectorySource(Source):
     def __init__(self, uri: str, root: Path) -> None:
         super().__init__(uri)
         self.root = root.resolve()
-        self._real_directories: dict[Path, Path] = {}
+        self._root_prefix = os.path.join(str(self.root), "")
+        self._folder_inside: dict[str, bool] = {}
 
-    def resolve(self, path: str) -> Path:
+    def _inside_root(self, real: str) -> bool:
+        return real == str(self.root) or real.startswith(self._root_prefix)
+
+    def resolve(self, path: str) -> str:
+        """The file's location, refused when a link leads it outside the root.
+
+        Checking every component costs more than decoding a small image, and embedding reads
+        tens of thousands of them: each folder is resolved once, and only a file that is itself
+        a link is followed in full. Plain strings, since pathlib's objects cost more than the
+        file read at this size."""
         relative = normalise_member_path(path)
-        target = self.root / relative
-        # Resolving every component costs more than decoding a small image; a folder's real
-        # location is resolved once, and only a file that is itself a link is followed in full.
-        real_parent = self._real_directories.get(target.parent)
-        if real_parent is None:
-            real_parent = self._real_directories[target.parent] = Path(
-                os.path.realpath(target.parent)
-            )
-        real = Path(os.path.realpath(target)) if os.path.islink(target) else real_parent
-        if real != self.root and self.root not in real.parents:
+        folder = posixpath.dirname(relative)
+        inside = self._folder_inside.get(folder)
+        if inside is None:
+            real_folder = os.path.realpath(os.path.join(self.root, folder))
+            inside = self._folder_inside[folder] = self._inside_root(real_folder)
+        target = os.path.join(self._root_prefix, relative)
+        if not inside or (
+            os.path.islink(target) and not self._inside_root(os.path.realpath(target))
+        ):
             raise PathRefused("symlink points outside the dataset root")
         return target
 
     def stamp(self, path: str) -> str | None:
         try:
-            st = self.resolve(path).stat()
+            st = os.stat(self.resolve(path))
         except (FileNotFoundError, NotADirectoryError):
             return None
         return f"{st.st_size}:{st.st_mtime_ns}"
 
     def size(self, path: str) -> int:
-        return self.resolve(path).stat().st_size
+        return os.stat(self.resolve(path)).st_size
 
     def read_bytes(self, path: str) -> bytes:
-        target = self.resolve(path)
-        if not target.is_file():
-            raise FileNotFoundError(path)
-        return target.read_bytes()
+        # Non-blocking open: a FIFO planted in the dataset must not hang the reader. It is then
+        # reported missing, like a folder: neither is a regular file.
+        descriptor = os.open(self.resolve(path), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):
+                raise FileNotFoundError(path)
+            chunks = []
+            while chunk := os.read(descriptor, max(info.st_size, 1 << 16)):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(descriptor)
 
 
 class FolderSource(DirectorySource):
@@ -274,8 +293,8 @@ class ArchiveIndex:
 def archive_key(archive: Path) -> tuple[str, int, int]:
     """`archive` is a resolved path. One version of an archive file: the index is rebuilt when
     the file changes."""
-    stat = archive.stat()
-    return str(archive), stat.st_size, stat.st_mtime_ns
+    info = archive.stat()
+    return str(archive), info.st_size, info.st_mtime_ns
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def test_embedding_on_the_gpu_matches_the_cpu(architecture, tmp_path):
     vectors = {}
     for device, workers in (("cpu", 0), ("cuda", 2)):
         backbone = build_backbone(architecture, None, resolution=64, device=device)
+        assert backbone.preprocess.upscale_on_device == (device == "cuda")  # 32 px sources
         store = FeatureStore(tmp_path / f"store-{device}", backbone.identity)
         result = embed_with_cache(
             items, source, backbone, store, batch_size=16, num_workers=workers, progress=False

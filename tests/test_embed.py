@@ -267,3 +267,27 @@ def test_in_process_prefetch_matches_worker_processes(dataset, tmp_path):
         np.testing.assert_allclose(rows, forked.features[layer], atol=1e-5)
     assert np.abs(threaded.features["pool"][[0, 2, 3]]).sum(axis=1).min() > 0
     assert backbone.images_forwarded == 6
+
+
+def test_small_images_upscaled_on_the_device_match_resizing_on_the_cpu(dataset):
+    """What a GPU does by default, run on the CPU: images below the resolution travel at their
+    own size (several sizes in one batch) and are upscaled after the copy, giving the vectors of
+    resizing them first, in item order."""
+    source, root, items = dataset
+    large = write_image(root, "dog/large.png", 4, size=(120, 100))
+    jpeg = root / "cat/plain.jpg"
+    Image.open(root / "cat/a.png").save(jpeg, quality=90)
+    items = [*items, item(root, large), item(root, "cat/plain.jpg")]
+    on_cpu = build_backbone("resnet18", resolution=64)
+    on_device = build_backbone("resnet18", resolution=64).to("cpu", upscale_on_device=True)
+
+    assert tuple(on_device.preprocess.from_bytes(jpeg.read_bytes(), 10_000).shape) == (32, 32, 3)
+    assert tuple(on_cpu.preprocess.from_bytes(jpeg.read_bytes(), 10_000).shape) == (64, 64, 3)
+    resized = extract_features(items, source, on_cpu, batch_size=8, progress=False)
+    upscaled = extract_features(items, source, on_device, batch_size=8, progress=False)
+
+    assert upscaled.failures == [] and on_device.images_forwarded == len(items)
+    for layer in ("stage1", "pool"):
+        similarity = upscaled.features[layer] @ resized.features[layer].T
+        assert np.diag(similarity).min() > 0.9995, layer
+        assert (similarity.argmax(axis=1) == np.arange(len(items))).all(), layer

@@ -50,16 +50,18 @@ class Failure:
 
 @dataclass
 class LoadedBatch:
-    """What a worker hands back: positions of the decoded images, their pixels, and failures."""
+    """What a worker hands back: positions of the decoded images, their pixels, and failures.
+
+    `pixels` holds one stacked tensor per image size (one, unless small images of several sizes
+    wait to be upscaled on the device); their rows, concatenated, follow `indices`."""
 
     indices: list[int]
-    pixels: torch.Tensor | None
+    pixels: list[torch.Tensor]
     failures: list[Failure]
 
     def pin_memory(self) -> LoadedBatch:
         """Called by the DataLoader's pinning thread on CUDA so the copy can be non-blocking."""
-        if self.pixels is not None:
-            self.pixels = self.pixels.pin_memory()
+        self.pixels = [group.pin_memory() for group in self.pixels]
         return self
 
 
@@ -111,10 +113,14 @@ def give_worker_own_source(_worker_id: int) -> None:
 
 
 def collate_loaded(samples: list[tuple[int, torch.Tensor | Failure]]) -> LoadedBatch:
-    indices = [index for index, sample in samples if isinstance(sample, torch.Tensor)]
-    pixels = [sample for _, sample in samples if isinstance(sample, torch.Tensor)]
+    by_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    for index, sample in samples:
+        if isinstance(sample, torch.Tensor):
+            by_size.setdefault(tuple(sample.shape), []).append((index, sample))
+    indices = [index for group in by_size.values() for index, _ in group]
+    pixels = [torch.stack([sample for _, sample in group]) for group in by_size.values()]
     failures = [sample for _, sample in samples if isinstance(sample, Failure)]
-    return LoadedBatch(indices, torch.stack(pixels) if pixels else None, failures)
+    return LoadedBatch(indices, pixels, failures)
 
 
 class ImagesPerSecond(ProgressColumn):
@@ -231,7 +237,7 @@ def iter_embedded(
         task = bar.add_task(description, total=len(items))
         for batch in loader:
             features: dict[str, np.ndarray] = {}
-            if batch.pixels is not None:
+            if batch.pixels:
                 vectors = backbone.embed(batch.pixels)
                 features = {layer: v.cpu().numpy() for layer, v in vectors.items()}
             bar.advance(task, len(batch.indices) + len(batch.failures))

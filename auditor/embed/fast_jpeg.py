@@ -6,8 +6,9 @@ that. libjpeg-turbo called through simplejpeg gives the same pixels for a baseli
 fraction of the time: 9 us for a 32x32 CIFAR image, against 23 us through torchvision's
 `decode_jpeg` and 71 us through Pillow, whose per-call set-up dominates at this size. Only files
 whose header shows nothing that the general path treats specially take it: no EXIF block
-(orientation), 8-bit greyscale or YCbCr, exactly the target size (no resize, no bomb). Anything
-else returns None and goes through `decode_rgb`.
+(orientation), 8-bit greyscale or YCbCr, square and exactly the target size (no resize, no bomb),
+or no larger than it where the caller resizes on the GPU. Anything else returns None and goes
+through `decode_rgb`.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_plain_jpeg(data: bytes, side: int) -> torch.Tensor | None:
-    """uint8 HWC RGB pixels of a plain side x side JPEG, or None to use the general path."""
-    if plain_jpeg_size(data) != (side, side):
+def decode_plain_jpeg(data: bytes, side: int, *, smaller: bool = False) -> torch.Tensor | None:
+    """uint8 HWC RGB pixels of a plain side x side JPEG (any square up to side x side with
+    `smaller`), or None to use the general path."""
+    size = plain_jpeg_size(data)
+    if size is None or size[0] != size[1] or size[0] > side or (size[0] < side and not smaller):
         return None
+    side = size[0]
     try:
         # Exact DCT and upsampling: the pixels Pillow's decoder gives, not an approximation.
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)

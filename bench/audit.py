@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
+import torch
 from sqlalchemy import select
 
 from auditor.config import Settings
 from auditor.db import migrate
 from auditor.db.models import Finding, FindingImage, Image
 from auditor.db.session import make_engine, make_session_factory
+from auditor.embed.extract import resolve_device
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.audit import create_audit, run_audit
 from bench import cifar
@@ -34,6 +37,14 @@ def peak_rss_gib() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024**2
+
+
+def machine_line(settings: Settings) -> str:
+    cores = f"{os.cpu_count()} cores"
+    device = resolve_device(settings.device)
+    if device.type == "cuda":
+        return f"{platform.machine()}, {cores}, {torch.cuda.get_device_name(device)}"
+    return f"{platform.machine()}, {cores}, no GPU"
 
 
 def main() -> None:
@@ -84,7 +95,7 @@ def main() -> None:
         f"### Full audit (`python -m bench.audit --labels {args.labels} --n {args.n} "
         f"--backbone {args.backbone}`)",
         "",
-        f"Machine: {platform.machine()}, 2 cores, no GPU; SQLite; {ingested.images} images "
+        f"Machine: {machine_line(settings)}; SQLite; {ingested.images} images "
         f"ingested, {audit.summary['audited_images']} audited.",
         "",
         "| stage | wall seconds |",

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from auditor.embed.backbones import Backbone, build_backbone
+from auditor.embed.backbones import Backbone, Preprocess, build_backbone
 from auditor.embed.cache import FeatureStore, embed_with_cache
 from auditor.embed.extract import torch_threads
 from auditor.ingest.decode import decode_rgb
@@ -52,6 +52,7 @@ class Case:
     resolution: int
     source: Source
     items: list[tuple[str, str]]
+    upscale_on_device: bool | None = None  # None: the default, on a GPU only
 
 
 @dataclass
@@ -86,7 +87,8 @@ def hashed_items(source: Source, limit: int) -> list[tuple[str, str]]:
 
 def preloaded_batches(case: Case, backbone: Backbone, batch_size: int) -> list[torch.Tensor]:
     pixels = [
-        backbone.preprocess(decode_rgb(case.source.read_bytes(path))) for _, path in case.items
+        Preprocess(backbone.identity.resolution)(decode_rgb(case.source.read_bytes(path)))
+        for _, path in case.items
     ]
     return [torch.stack(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
 
@@ -138,6 +140,7 @@ def run_case(case: Case, batch_size: int, repeats: int, device: torch.device) ->
     a shared machine drifts by 15% or more within a minute, so each end-to-end run is compared
     with the model-only runs right around it, and the median of those ratios is reported."""
     backbone = build_backbone(case.architecture, None, resolution=case.resolution, device=device)
+    backbone.to(device, upscale_on_device=case.upscale_on_device)
     batches = preloaded_batches(case, backbone, batch_size)
     model_threads = os.cpu_count() or 1
     rows = []
@@ -243,6 +246,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         cases[0].items = hashed_items(folder, args.small)
         cases[1].items = hashed_items(folder, args.large)
+        if device.type == "cuda":  # the same run without upscaling on the GPU, for comparison
+            cases.append(
+                Case(
+                    "resnet18 @224, generated JPEGs, resized on the CPU",
+                    "resnet18",
+                    224,
+                    folder,
+                    cases[1].items,
+                    upscale_on_device=False,
+                )
+            )
         if args.cifar and cifar.available():
             archive = open_source(cifar.DATA_DIR / "cifar10-train-jpeg.zip")
             cases.append(

@@ -25,7 +25,9 @@ step() { # step NAME LIMIT CPUS COMMAND...: run pinned, with a limit, log to OUT
     shift 3
     limit=$((limit < $(left) ? limit : $(left)))
     taskset -c "$cpus" timeout "$limit" "$@" >"$out/$name.log" 2>&1
-    echo "$name: exit $? after $((SECONDS - start)) s" | tee -a "$out/steps.txt"
+    local status=$?
+    echo "$name: exit $status after $((SECONDS - start)) s" | tee -a "$out/steps.txt"
+    return $status
 }
 predict() { # predict ARGS...: one bench/predict.py run on the second half, appended to its log
     local start=$SECONDS
@@ -38,8 +40,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/step
 "$py" -c 'import torch; print("torch", torch.__version__)' >>"$out/steps.txt" 2>&1
 
 audit() {
-    step audit "$(left)" "$first" "$py" -m bench.audit --labels worse --n 50000
-    cp bench/results/audit-worse-50000.md "$out/audit.md" 2>/dev/null
+    # Only on success: the committed file of an earlier run would pass for this one.
+    step audit "$(left)" "$first" "$py" -m bench.audit --labels worse --n 50000 &&
+        cp bench/results/audit-worse-50000.md "$out/audit.md"
 }
 others() {
     step tests 90 "$second" "$py" -m pytest --noconftest -q -p no:cacheprovider tests/test_cuda.py

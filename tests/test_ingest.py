@@ -17,7 +17,13 @@ from auditor.config import Settings
 from auditor.db.models import Class, Dataset, Finding, FindingImage, Image, Label
 from auditor.ingest.decode import decode_entry
 from auditor.ingest.ingest import ingest
-from auditor.ingest.sources import CorruptMember, PathRefused, SourceError, open_source
+from auditor.ingest.sources import (
+    CorruptMember,
+    NotARegularFile,
+    PathRefused,
+    SourceError,
+    open_source,
+)
 from auditor.ingest.status import ImageStatus
 from auditor.parallel import MIN_PARALLEL_ITEMS
 from tests.corpus import EXPECTED, encode, noise_image, write_hostile_corpus
@@ -352,9 +358,22 @@ def test_folder_reads_refuse_what_is_not_a_regular_file_without_blocking(tmp_pat
 
     assert source.read_bytes("cat/ok.png") == b"bytes"
     assert source.read_bytes("cat/inside.png") == b"bytes"
-    for path in ("cat/pipe.png", "cat/folder.png", "cat/missing.png"):
-        with pytest.raises(FileNotFoundError):
+    for path, error in (
+        ("cat/pipe.png", NotARegularFile),
+        ("cat/folder.png", IsADirectoryError),
+        ("cat/missing.png", FileNotFoundError),
+    ):
+        with pytest.raises(error):
             source.read_bytes(path)
+    reasons = {
+        path: decode_entry(source, path, max_pixels=10**8, max_bytes=10**8).error
+        for path in ("cat/pipe.png", "cat/folder.png", "cat/missing.png")
+    }
+    assert reasons == {
+        "cat/pipe.png": "not a regular file (a FIFO, socket or device)",
+        "cat/folder.png": "is a directory, not a file",
+        "cat/missing.png": "file not found",
+    }
     with pytest.raises(PathRefused):
         source.read_bytes("cat/escape.png")
     with pytest.raises(PathRefused):

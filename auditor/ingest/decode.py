@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from auditor.ingest.sources import PathRefused, Source
+from auditor.ingest.sources import NotARegularFile, PathRefused, Source
 from auditor.ingest.status import ImageStatus
 
 THUMB_SIDE = 64
@@ -157,6 +157,9 @@ def decode_entry(source: Source, path: str, max_pixels: int, max_bytes: int) -> 
         return DecodeOutcome(path, None, ImageStatus.MISSING, "file not found")
     except IsADirectoryError:
         return DecodeOutcome(path, None, ImageStatus.UNREADABLE, "is a directory, not a file")
+    except NotARegularFile:
+        reason = "not a regular file (a FIFO, socket or device)"
+        return DecodeOutcome(path, None, ImageStatus.UNREADABLE, reason)
     except OSError as exc:
         return DecodeOutcome(path, None, ImageStatus.UNREADABLE, f"cannot read file: {exc}")
     try:

@@ -35,6 +35,10 @@ class CorruptMember(OSError):
     """An archive member whose bytes cannot be trusted (bad header, short read, CRC mismatch)."""
 
 
+class NotARegularFile(OSError):
+    """A path that names a FIFO, socket or device: reading it could block or never end."""
+
+
 class PathRefused(Exception):
     """A path that must not be opened because it leaves the source root."""
 
@@ -125,13 +129,14 @@ class DirectorySource(Source):
         return os.stat(self.resolve(path)).st_size
 
     def read_bytes(self, path: str) -> bytes:
-        # Non-blocking open: a FIFO planted in the dataset must not hang the reader. It is then
-        # reported missing, like a folder: neither is a regular file.
+        # Non-blocking open: a FIFO planted in the dataset must not hang the reader.
         descriptor = os.open(self.resolve(path), os.O_RDONLY | os.O_NONBLOCK)
         try:
             info = os.fstat(descriptor)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(path)
             if not stat.S_ISREG(info.st_mode):
-                raise FileNotFoundError(path)
+                raise NotARegularFile(path)
             chunks = []
             while chunk := os.read(descriptor, max(info.st_size, 1 << 16)):
                 chunks.append(chunk)

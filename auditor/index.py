@@ -1,7 +1,8 @@
 """The FAISS index and the one kNN graph every neighbour-based check shares.
 
 Vectors are L2-normalised, so cosine similarity is the inner product and FAISS inner-product search
-is exact cosine search. Two ways to build the graph:
+is exact cosine search. A graph can instead rank by Euclidean distance (`metric="euclidean"`), for
+vectors whose length carries meaning, such as thumbnails' brightness. Two ways to build the graph:
 
 * up to `exact_max` vectors, brute force: every vector against all others, in query batches, with
   `faiss.knn` straight on the caller's array (no index, so the vectors are never copied);
@@ -62,23 +63,32 @@ KMEANS_ITERATIONS = 12
 _FINITE_CHECK_ROWS = 65_536
 
 
+METRICS = ("cosine", "euclidean")
+
+
 @dataclass(frozen=True)
 class KnnGraph:
     """Neighbour lists: row i holds the k nearest vectors of vector (or query) i.
 
-    `indices` are row numbers of the indexed vectors, `similarities` their cosine similarities,
-    sorted descending. In `knn_graph` a vector is never its own neighbour.
+    `indices` are row numbers of the indexed vectors and `similarities` say how near each is,
+    sorted descending: cosine similarities, or for the "euclidean" metric the negated squared
+    Euclidean distances (so nearer is larger under both). In `knn_graph` a vector is never its own
+    neighbour.
     """
 
     indices: np.ndarray
     similarities: np.ndarray
+    metric: str = "cosine"
 
     @property
     def k(self) -> int:
         return int(self.indices.shape[1])
 
     def distances(self) -> np.ndarray:
-        """Cosine distances (1 - similarity, clipped at 0 so exact duplicates are exactly 0)."""
+        """Cosine distances (1 - similarity, clipped at 0 so exact duplicates are exactly 0), or
+        Euclidean distances."""
+        if self.metric == "euclidean":
+            return np.sqrt(np.clip(-self.similarities, 0.0, None))
         return np.clip(1.0 - self.similarities, 0.0, 2.0)
 
     def to_sparse_distances(self) -> csr_matrix:
@@ -102,12 +112,14 @@ def knn_graph(
     n_lists: int | None = None,
     n_probe: int | None = None,
     seed: int = 0,
+    metric: str = "cosine",
     progress: Callable[[float], None] | None = None,
 ) -> KnnGraph:
-    """The k nearest neighbours of every vector among the others, by cosine similarity.
+    """The k nearest neighbours of every vector among the others, by cosine similarity or, with
+    `metric="euclidean"`, by Euclidean distance.
 
-    `vectors` (n, d) should be L2-normalised; float32 C-contiguous input is used in place, anything
-    else is converted once. k is clipped to n - 1. Exact search up to `exact_max` vectors, IVF
+    For cosine, `vectors` (n, d) should be L2-normalised; float32 C-contiguous input is used in
+    place, anything else is converted once. k is clipped to n - 1. Exact search up to `exact_max` vectors, IVF
     beyond (see the module docstring); `n_lists` / `n_probe` override the IVF defaults. `threads`
     sets FAISS's OpenMP threads for this call only. `use_gpu`: "auto" uses a GPU when FAISS sees
     one, True requires one, False never uses one. `progress` receives the fraction done, for job
@@ -118,11 +130,15 @@ def knn_graph(
         raise ValueError(f"k must be at least 1, got {k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     n_vectors = vectors.shape[0]
     k = min(k, n_vectors - 1)
     if k == 0:
-        return KnnGraph(np.empty((n_vectors, 0), np.int64), np.empty((n_vectors, 0), np.float32))
-    search = _BlockSearch(_wants_gpu(use_gpu))
+        return KnnGraph(
+            np.empty((n_vectors, 0), np.int64), np.empty((n_vectors, 0), np.float32), metric
+        )
+    search = _BlockSearch(_wants_gpu(use_gpu), metric)
     report = progress or (lambda fraction: None)
     with _faiss_threads(threads):
         if n_vectors <= exact_max:
@@ -133,7 +149,7 @@ def knn_graph(
                 vectors, k + 1, search, batch_size, n_lists, n_probe, seed, report
             )
     report(1.0)
-    return _drop_self(indices, similarities, k)
+    return _drop_self(indices, similarities, k, metric)
 
 
 def ivf_parameters(
@@ -217,19 +233,24 @@ class VectorIndex:
 
 
 class _BlockSearch:
-    """Top-k inner-product search of a query block against a database block, on CPU or GPU."""
+    """Top-k search of a query block against a database block, on CPU or GPU: (similarities,
+    indices) by inner product, or by Euclidean distance with squared distances negated."""
 
-    def __init__(self, gpu: bool) -> None:
+    def __init__(self, gpu: bool, metric: str = "cosine") -> None:
         self.gpu_resources = faiss.StandardGpuResources() if gpu else None
+        self.euclidean = metric == "euclidean"
 
     def __call__(
         self, queries: np.ndarray, database: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
+        faiss_metric = faiss.METRIC_L2 if self.euclidean else faiss.METRIC_INNER_PRODUCT
         if self.gpu_resources is not None:
-            return faiss.knn_gpu(
-                self.gpu_resources, queries, database, k, metric=faiss.METRIC_INNER_PRODUCT
+            scores, indices = faiss.knn_gpu(
+                self.gpu_resources, queries, database, k, metric=faiss_metric
             )
-        return faiss.knn(queries, database, k, metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            scores, indices = faiss.knn(queries, database, k, metric=faiss_metric)
+        return (-scores if self.euclidean else scores), indices
 
     @property
     def gpu(self) -> bool:
@@ -266,7 +287,7 @@ def _ivf_neighbours(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k over each vector's `n_probe` nearest lists; see the module docstring."""
     n_vectors = vectors.shape[0]
-    centroids = _train_centroids(vectors, n_lists, search.gpu, seed)
+    centroids = _train_centroids(vectors, n_lists, search.gpu, seed, spherical=not search.euclidean)
     report(0.1)
     probes = _assign_to_lists(vectors, centroids, n_probe, search, batch_size)
     report(0.2)
@@ -320,8 +341,10 @@ def _merge_top_k(
     best_indices[rows] = np.take_along_axis(indices, keep, axis=1)
 
 
-def _train_centroids(vectors: np.ndarray, n_lists: int, gpu: bool, seed: int) -> np.ndarray:
-    """Spherical k-means on a random sample: centroids stay unit length, as inner product needs."""
+def _train_centroids(
+    vectors: np.ndarray, n_lists: int, gpu: bool, seed: int, *, spherical: bool = True
+) -> np.ndarray:
+    """k-means on a random sample; spherical for cosine, so centroids stay unit length."""
     n_vectors, dimension = vectors.shape
     rng = np.random.default_rng(seed)
     n_training = min(n_vectors, n_lists * TRAINING_POINTS_PER_LIST)
@@ -330,7 +353,7 @@ def _train_centroids(vectors: np.ndarray, n_lists: int, gpu: bool, seed: int) ->
         dimension,
         n_lists,
         niter=KMEANS_ITERATIONS,
-        spherical=True,
+        spherical=spherical,
         seed=seed,
         gpu=gpu,
         max_points_per_centroid=TRAINING_POINTS_PER_LIST,
@@ -362,7 +385,7 @@ def _group_by_list(list_ids: np.ndarray, n_lists: int) -> tuple[np.ndarray, np.n
     return start, order
 
 
-def _drop_self(indices: np.ndarray, similarities: np.ndarray, k: int) -> KnnGraph:
+def _drop_self(indices: np.ndarray, similarities: np.ndarray, k: int, metric: str) -> KnnGraph:
     """From k + 1 hits per row keep k without the row itself.
 
     A vector usually finds itself, but with more than k exact duplicates the tie can push it out;
@@ -377,6 +400,7 @@ def _drop_self(indices: np.ndarray, similarities: np.ndarray, k: int) -> KnnGrap
     return KnnGraph(
         np.ascontiguousarray(indices[keep].reshape(n_rows, k)),
         np.ascontiguousarray(similarities[keep].reshape(n_rows, k)),
+        metric,
     )
 
 

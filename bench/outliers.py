@@ -8,18 +8,22 @@ sample photographs as off-topic uploads filed under random digit classes, runs t
 the planted images the `outlier` check flags and how many digits it flags besides. It then
 repeats the check's rule (robust z of the mean distance to the k nearest neighbours, above 4) on
 each tapped layer and on the label-free patch features, to show where the off-topic images stand
-apart. Results go to bench/results/outliers.md.
+apart. Where CIFAR-10N is beside the repository, the same for natural photographs with a few
+images planted that do not belong (digits, text-like pages, noise), and the thumbnail rules on
+all 50,000 photographs with nothing planted. Results go to
+bench/results/outliers.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_sample_images
+from sklearn.datasets import load_digits, load_sample_images
 from sklearn.metrics import roc_auc_score
 from sqlalchemy import select
 
@@ -30,15 +34,19 @@ from auditor.db.models import Finding, FindingImage
 from auditor.db.models import Image as ImageRow
 from auditor.db.session import make_engine, make_session_factory
 from auditor.demo import CLASS_NAMES, build_demo_dataset
+from auditor.embed.pixels import appearance_descriptor
 from auditor.index import knn_graph
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.audit import create_audit, run_audit
 from auditor.pipeline.stages import DEFAULT_PARAMETERS, search_vectors
 from auditor.predict.patch_features import patch_features
+from bench import cifar
 from bench.report import write_results
 
 THRESHOLD = OutlierCheck.defaults["z_threshold"]
+COLOURS = 8 * 8 * 3
+"""The colour thumbnail's share of `appearance_descriptor`'s columns; the rest is edges."""
 
 
 def plant_offtopic(root: Path, count: int, side: int, seed: int) -> list[str]:
@@ -60,11 +68,17 @@ def plant_offtopic(root: Path, count: int, side: int, seed: int) -> list[str]:
     return planted
 
 
-def layer_rule(features: np.ndarray, k: int, offtopic: np.ndarray) -> tuple[int, int, int, float]:
+def layer_rule(
+    features: np.ndarray, k: int, offtopic: np.ndarray, metric: str = "cosine"
+) -> tuple[int, int, int, float]:
     """Under the check's rule: (off-topic flagged, others flagged, off-topic among the highest
-    scores as many as were planted, AUROC of the score)."""
-    graph = knn_graph(search_vectors(features.astype(np.float32)), k)
-    z = robust_z((1.0 - graph.similarities).mean(axis=1))
+    scores as many as were planted, AUROC of the score). Cosine on centred vectors, as the
+    check's model-feature graph, or Euclidean on the vectors as they are."""
+    vectors = features.astype(np.float32)
+    if metric == "cosine":
+        vectors = search_vectors(vectors)
+    graph = knn_graph(vectors, k, metric=metric)
+    z = robust_z(graph.distances().mean(axis=1))
     flagged = z > THRESHOLD
     top = np.argsort(-z)[: int(offtopic.sum())]
     return (
@@ -75,74 +89,174 @@ def layer_rule(features: np.ndarray, k: int, offtopic: np.ndarray) -> tuple[int,
     )
 
 
+def plant_oddities(root: Path, side: int, seed: int) -> list[str]:
+    """Images that do not belong among photographs: four handwritten digits, four text-like
+    white images with black lines, four of pure noise, each filed under some class."""
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    classes = sorted(path.name for path in root.iterdir() if path.is_dir())
+    planted = []
+    for index in range(12):
+        if index < 4:
+            grey = (digits.images[index * 97] * (255 / 16)).astype(np.uint8)
+            image = Image.fromarray(grey).resize((side, side)).convert("RGB")
+            name = "digit"
+        elif index < 8:
+            page = np.full((side, side, 3), 255, np.uint8)
+            for row in range(4, side - 2, 5):
+                page[row : row + 2, 3 : int(rng.integers(side // 3, side - 3))] = 0
+            image, name = Image.fromarray(page), "text"
+        else:
+            noise = rng.integers(0, 256, (side, side, 3)).astype(np.uint8)
+            image, name = Image.fromarray(noise), "noise"
+        relative = f"{classes[index % len(classes)]}/odd_{name}_{index:02d}.png"
+        image.save(root / relative)
+        planted.append(relative)
+    return planted
+
+
+def write_cifar_folder(root: Path, n: int) -> None:
+    images, labels = cifar.load_images()[:n], cifar.load_labels()["clean"][:n]
+    for index, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / cifar.CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{index:05d}.png")
+
+
+def audited_scenario(root: Path, planted: set[str], workdir: Path) -> tuple[set[str], list, tuple]:
+    """Run the default audit on `root`; return the paths the check flagged, the rule's figures
+    per feature set, and the model-doubt figures."""
+    settings = Settings(database_url=f"sqlite:///{workdir / 'audit.db'}", data_dir=workdir)
+    migrate.upgrade(settings.database_url)
+    factory = make_session_factory(make_engine(settings.database_url))
+    ingested = ingest(factory, root.name, root, settings)
+    audit_id = create_audit(factory, ingested.dataset_id, {"backbone": "trained"})
+    audit = run_audit(factory, settings, audit_id)
+    if audit.status != "completed":
+        raise SystemExit(f"audit {audit_id} {audit.status}: {audit.error}")
+    with factory() as session:
+        flagged = set(
+            session.scalars(
+                select(ImageRow.path)
+                .join(FindingImage, FindingImage.image_id == ImageRow.id)
+                .join(Finding, Finding.id == FindingImage.finding_id)
+                .where(Finding.audit_id == audit_id, Finding.kind == "outlier")
+            )
+        )
+        path_of = dict(session.execute(select(ImageRow.id, ImageRow.path)).tuples().all())
+    artifacts = AuditArtifacts(workdir, audit_id)
+    ingest_arrays = artifacts.load_arrays("ingest")
+    embedded = artifacts.load_arrays("embed")
+    predicted = artifacts.load_arrays("predict")
+    assert ingest_arrays and embedded and predicted, "the audit left no artifacts"
+    ok = embedded["ok"]
+    paths = [path_of[int(i)] for i in ingest_arrays["image_ids"][ok]]
+    odd = np.array([p in planted for p in paths])
+    k = DEFAULT_PARAMETERS["k"]
+    layers = {f"CNN `{name}`": predicted[f"layer_{name}"] for name in predicted["layer_order"]}
+    layers["label-free patch features"] = np.sqrt(patch_features(embedded["pixels"][ok]))
+    appearance = appearance_descriptor(embedded["pixels"][ok])
+    layers["colour thumbnails, cosine (the check's previous space)"] = appearance[:, :COLOURS]
+    rows = [(name, *layer_rule(values, k, odd)) for name, values in layers.items()]
+    rows.append(
+        (
+            "thumbnails of colour and edges, Euclidean (what the check uses here)",
+            *layer_rule(appearance, k, odd, metric="euclidean"),
+        )
+    )
+    doubt = 1.0 - predicted["probabilities"].max(axis=1)
+    top = np.argsort(-doubt)[: int(odd.sum())]
+    return flagged, rows, (int(odd[top].sum()), float(roc_auc_score(odd, doubt)), len(paths))
+
+
+def scenario_lines(title: str, planted: set[str], flagged: set[str], rows: list, doubt: tuple):
+    n_planted = len(planted)
+    return [
+        f"#### {title}",
+        "",
+        f"{doubt[2] - n_planted} images and {n_planted} planted. The check flagged "
+        f"{len(flagged)}: {len(flagged & planted)} of the planted and "
+        f"{len(flagged - planted)} others.",
+        "",
+        f"| features | planted flagged | others flagged | planted among the top {n_planted} "
+        "| AUROC |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {hit} of {n_planted} | {extra} | {top} | {auroc:.3f} |"
+            for name, hit, extra, top, auroc in rows
+        ),
+        f"| (not a kNN rule) 1 - the largest out-of-sample probability | | | {doubt[0]} | "
+        f"{doubt[1]:.3f} |",
+        "",
+    ]
+
+
+def whole_cifar_lines(k: int) -> list[str]:
+    """How many of all 50,000 CIFAR-10 photographs, nothing planted, each thumbnail rule flags:
+    every one is a false alarm a curator would wade through."""
+    pixels = cifar.load_images()
+    started = time.perf_counter()
+    appearance = appearance_descriptor(pixels)
+    euclidean = knn_graph(appearance, k, metric="euclidean")
+    seconds = time.perf_counter() - started
+    cosine = knn_graph(search_vectors(appearance[:, :COLOURS]), k)
+    flagged = {
+        name: int((robust_z(graph.distances().mean(axis=1)) > THRESHOLD).sum())
+        for name, graph in (("euclidean", euclidean), ("cosine", cosine))
+    }
+    return [
+        f"#### All {len(pixels):,} CIFAR-10 images, nothing planted",
+        "",
+        f"Thumbnails of colour and edges, Euclidean: {flagged['euclidean']} flagged "
+        f"(descriptor and kNN graph {seconds:.0f} s); colour thumbnails, cosine: "
+        f"{flagged['cosine']}.",
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offtopic", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=100, help="as `auditor demo`")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cifar", type=int, default=5_000, help="CIFAR-10 images (0: skip)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        root = workdir / "digits"
-        build_demo_dataset(root, per_class=args.per_class, seed=args.seed)
-        planted = set(plant_offtopic(root, args.offtopic, side=32, seed=args.seed))
-        settings = Settings(database_url=f"sqlite:///{workdir / 'audit.db'}", data_dir=workdir)
-        migrate.upgrade(settings.database_url)
-        factory = make_session_factory(make_engine(settings.database_url))
-        ingested = ingest(factory, "digits", root, settings)
-        audit_id = create_audit(factory, ingested.dataset_id, {"backbone": "trained"})
-        audit = run_audit(factory, settings, audit_id)
-        if audit.status != "completed":
-            raise SystemExit(f"audit {audit_id} {audit.status}: {audit.error}")
-        with factory() as session:
-            flagged = set(
-                session.scalars(
-                    select(ImageRow.path)
-                    .join(FindingImage, FindingImage.image_id == ImageRow.id)
-                    .join(Finding, Finding.id == FindingImage.finding_id)
-                    .where(Finding.audit_id == audit_id, Finding.kind == "outlier")
-                )
-            )
-            path_of = dict(session.execute(select(ImageRow.id, ImageRow.path)).tuples().all())
-        artifacts = AuditArtifacts(workdir, audit_id)
-        ingest_arrays = artifacts.load_arrays("ingest")
-        embedded = artifacts.load_arrays("embed")
-        predicted = artifacts.load_arrays("predict")
-        assert ingest_arrays and embedded and predicted, "the audit left no artifacts"
-        ok = embedded["ok"]
-        paths = [path_of[int(i)] for i in ingest_arrays["image_ids"][ok]]
-        offtopic = np.array([p in planted for p in paths])
-        k = DEFAULT_PARAMETERS["k"]
-        layers = {f"CNN `{name}`": predicted[f"layer_{name}"] for name in predicted["layer_order"]}
-        layers["label-free patch features"] = np.sqrt(patch_features(embedded["pixels"][ok]))
-        rows = [(name, *layer_rule(values, k, offtopic)) for name, values in layers.items()]
-        doubt = 1.0 - predicted["probabilities"].max(axis=1)
-        top = np.argsort(-doubt)[: int(offtopic.sum())]
-        doubt_row = (int(offtopic[top].sum()), float(roc_auc_score(offtopic, doubt)))
-    caught = len(flagged & planted)
+    k = DEFAULT_PARAMETERS["k"]
     lines = [
         f"### Off-topic uploads and the `outlier` check (`python -m bench.outliers "
-        f"--offtopic {args.offtopic} --per-class {args.per_class}`)",
+        f"--offtopic {args.offtopic} --per-class {args.per_class} --cifar {args.cifar}`)",
         "",
-        f"Demo digits ({len(paths) - int(offtopic.sum())} images) with {int(offtopic.sum())} "
-        "crops of scikit-learn's sample photographs filed under random digit classes; default "
-        f"audit with a CNN trained on the data; k = {k}, robust z above {THRESHOLD:g}.",
+        f"Default audits with a CNN trained on the data; k = {k}, robust z above {THRESHOLD:g}. "
+        "Each row applies the check's rule to one feature set.",
         "",
-        f"The check flagged {len(flagged)} images: {caught} of the {len(planted)} off-topic "
-        f"crops and {len(flagged - planted)} digits.",
-        "",
-        "The check's rule on each feature set:",
-        "",
-        "| features | off-topic flagged | digits flagged | off-topic among the top "
-        f"{int(offtopic.sum())} | AUROC |",
-        "|---|---:|---:|---:|---:|",
-        *(
-            f"| {name} | {hit} of {int(offtopic.sum())} | {extra} | {top} | {auroc:.3f} |"
-            for name, hit, extra, top, auroc in rows
-        ),
-        f"| (not a kNN rule) 1 - the largest out-of-sample probability | | | {doubt_row[0]} | "
-        f"{doubt_row[1]:.3f} |",
     ]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "digits"
+        build_demo_dataset(root, per_class=args.per_class, seed=args.seed)
+        planted = set(plant_offtopic(root, args.offtopic, side=32, seed=args.seed))
+        flagged, rows, doubt = audited_scenario(root, planted, Path(tmp))
+    lines += scenario_lines(
+        "The demo's digits with crops of scikit-learn's two sample photographs",
+        planted,
+        flagged,
+        rows,
+        doubt,
+    )
+    if args.cifar and cifar.available():
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "cifar"
+            write_cifar_folder(root, args.cifar)
+            planted = set(plant_oddities(root, side=32, seed=args.seed))
+            flagged, rows, doubt = audited_scenario(root, planted, Path(tmp))
+        lines += scenario_lines(
+            f"The first {args.cifar:,} CIFAR-10 images with 4 digits, 4 text-like and 4 noise "
+            "images",
+            planted,
+            flagged,
+            rows,
+            doubt,
+        )
+        lines += whole_cifar_lines(DEFAULT_PARAMETERS["k"])
     write_results("outliers.md", lines)
 
 

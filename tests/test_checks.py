@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from PIL import Image
+from sklearn.datasets import load_digits, load_sample_images
 from sqlalchemy import func, select
 
 from auditor.checks import REGISTRY, CheckInputs, run_checks
@@ -16,9 +18,10 @@ from auditor.checks.mislabel import neighbour_label_distribution
 from auditor.config import Settings
 from auditor.db.findings import save_findings
 from auditor.db.models import Finding
+from auditor.embed.pixels import appearance_descriptor
 from auditor.index import knn_graph
 from auditor.ingest.ingest import ingest, load_image_table
-from auditor.pipeline.stages import hierarchy_analyses
+from auditor.pipeline.stages import hierarchy_analyses, search_vectors
 from auditor.predict.heads import kfold_head_probabilities
 from tests.corpus import encode, noise_image
 
@@ -228,6 +231,54 @@ def test_outliers_are_the_off_topic_images(planted_run):
     flagged = {row for rows in rows_of(by_kind["outlier"]) for row in rows}
     assert set(planted.outliers) <= flagged
     assert len(flagged - set(planted.outliers)) <= 2
+
+
+def digits_with_photographs(photographs: int = 8, per_class: int = 40) -> tuple[np.ndarray, int]:
+    """32x32 RGB digits (grey strokes on black) followed by crops of scikit-learn's two sample
+    photographs: off-topic uploads, several of them alike."""
+    digits = load_digits()
+    chosen = np.concatenate([np.flatnonzero(digits.target == d)[:per_class] for d in range(10)])
+    grey = (digits.images[chosen] * (255 / 16)).astype(np.uint8)
+    images = [np.asarray(Image.fromarray(g).resize((32, 32)).convert("RGB")) for g in grey]
+    rng = np.random.default_rng(0)
+    for index in range(photographs):
+        photo = load_sample_images().images[index % 2]
+        side = int(rng.integers(120, 260))
+        y, x = (int(rng.integers(0, limit - side)) for limit in photo.shape[:2])
+        crop = Image.fromarray(photo[y : y + side, x : x + side]).resize((32, 32))
+        images.append(np.asarray(crop))
+    return np.stack(images), len(chosen)
+
+
+def test_outliers_by_appearance_find_photographs_among_digits():
+    pixels, n_digits = digits_with_photographs()
+    n = len(pixels)
+    planted = Planted(np.zeros((n, 2), np.float32), np.arange(n) % 4, ["train"] * n, {}, {}, [])
+    rng = np.random.default_rng(1)
+    # The model's features know nothing of the photographs (as a CNN trained on the digits' labels
+    # places them among the digits): only the thumbnails can find them.
+    features = rng.normal(size=(n, 16)).astype(np.float32)
+    inputs = CheckInputs(
+        dataset_id=1,
+        images=synthetic_table(planted),
+        class_names=CLASSES[:4],
+        rows=np.arange(n),
+        labels=planted.labels,
+        knn=knn_graph(search_vectors(features), 10),
+        appearance_knn=knn_graph(appearance_descriptor(pixels), 10, metric="euclidean"),
+    )
+    drafts = REGISTRY["outlier"]().run(inputs)
+    flagged = {row for rows in rows_of(drafts) for row in rows}
+    photographs = set(range(n_digits, n))
+    assert len(flagged & photographs) >= 7, f"found {len(flagged & photographs)} of 8"
+    assert len(flagged - photographs) <= 1
+    assert {d.evidence["measured_on"] for d in drafts} == {"thumbnails of colour and edges"}
+    # The evidence lists the nearest images, for a curator to see that none looks alike.
+    photograph = next(
+        d for d, rows in zip(drafts, rows_of(drafts), strict=True) if rows <= photographs
+    )
+    assert len(photograph.evidence["neighbours"]) == 5
+    assert all(n["distance"] > 0 for n in photograph.evidence["neighbours"])
 
 
 def test_synonym_pair_is_the_top_ambiguous_pair(planted_run):

@@ -197,3 +197,25 @@ def test_vector_index_search_edge_cases(tmp_path):
         index.search(random_unit_vectors(2, 4), 1)
     with pytest.raises(FileNotFoundError):
         VectorIndex.load(tmp_path / "missing.faiss")
+
+
+@pytest.mark.parametrize("exact_max", [10_000, 100])
+def test_euclidean_graph_matches_brute_force_distances(exact_max):
+    rng = np.random.default_rng(5)
+    # Lengths differ by a factor of ten: cosine similarity would ignore that, Euclidean must not.
+    vectors = (rng.normal(size=(400, 6)) * rng.uniform(1, 10, size=(400, 1))).astype(np.float32)
+    graph = knn_graph(vectors, 5, metric="euclidean", exact_max=exact_max, n_lists=8, n_probe=8)
+    assert_valid_graph(graph, 400, 5)
+    squared = ((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(squared, np.inf)
+    expected = np.sort(np.sqrt(squared), axis=1)[:, :5]
+    assert graph.metric == "euclidean"
+    assert np.allclose(graph.distances(), expected, rtol=1e-4, atol=1e-2)
+    assert np.allclose(
+        np.sqrt(squared[np.arange(400)[:, None], graph.indices]), expected, atol=1e-2
+    )
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="metric"):
+        knn_graph(random_unit_vectors(10, 4), 2, metric="manhattan")

@@ -13,6 +13,7 @@ from auditor.db.models import Audit, AuditAnalysis, Finding
 from auditor.db.queries import found_paths_by_kind
 from auditor.demo import build_demo_dataset
 from auditor.ingest.ingest import ingest
+from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.audit import create_audit, run_audit
 from auditor.pipeline.stages import STAGES, trained_strategy
 
@@ -68,6 +69,16 @@ def test_audit_completes_with_findings_summary_and_analyses(session_factory, aud
     assert analyses["confusion"]["order"] == hierarchy["order"]
     layers = analyses["layers"]
     assert layers["layers"] == ["stem", "stage1", "stage2", "stage3", "pool"]
+    # A CNN trained here: outliers are measured between thumbnails of colour and edges.
+    graph = AuditArtifacts(settings.data_dir, audit.id).load_arrays("index")
+    assert graph["appearance_indices"].shape == (summary["audited_images"], 10)
+    with session_factory() as session:
+        spaces = session.scalars(
+            select(Finding.evidence["measured_on"].as_string()).where(
+                Finding.audit_id == audit.id, Finding.kind == "outlier"
+            )
+        ).all()
+    assert set(spaces) <= {"thumbnails of colour and edges"}
     assert np.array(layers["separability"]).shape == (5, len(layers["levels"]))
 
     # A re-run resumes from the checkpoints: nothing is recomputed or written twice.

@@ -39,7 +39,9 @@ class CheckInputs:
     """What checks read. The model outputs (`features`, `probabilities`, `knn`) describe only the
     usable images: row j of each array is image position `rows[j]` in `images`, and `labels[j]` is
     its given label as an index into `class_names` (-1 when it has none). `knn` links semantic
-    neighbours; `copy_knn`, when present, links candidate copies for the duplicate checks."""
+    neighbours; `copy_knn`, when present, links candidate copies for the duplicate checks, and
+    `appearance_knn` images that look alike (thumbnails of colour and edges, by Euclidean
+    distance) for the outlier check."""
 
     dataset_id: int
     images: ImageTable
@@ -52,6 +54,7 @@ class CheckInputs:
     probabilities: np.ndarray | None = None
     knn: Any = None
     copy_knn: Any = None
+    appearance_knn: Any = None
     hierarchy: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -130,3 +130,38 @@ def duplicate_descriptor(pixels: np.ndarray, side: int = 8) -> np.ndarray:
     return np.concatenate([(small + mirrored) / 2, np.abs(small - mirrored)], axis=1).reshape(
         len(pixels), -1
     )
+
+
+APPEARANCE_CHUNK_ROWS = 4_096
+"""Images per step of `appearance_descriptor`: bounds its float temporaries to about 50 MiB at
+32 x 32 pixels."""
+
+
+def appearance_descriptor(pixels: np.ndarray, side: int = 8) -> np.ndarray:
+    """An image's look at a glance: its colour thumbnail beside a thumbnail of its edge strength
+    (side x side block averages of each), one row per image, to be compared by Euclidean distance
+    so brightness and contrast count. A CNN trained on the data's own labels maps anything it is
+    shown into the space of its classes, so an off-topic upload lands among the images of its
+    label; colours, layout and texture give it away (bench/outliers.py)."""
+    chunks = [
+        _appearance_rows(pixels[start : start + APPEARANCE_CHUNK_ROWS], side)
+        for start in range(0, len(pixels), APPEARANCE_CHUNK_ROWS)
+    ]
+    return np.concatenate(chunks) if chunks else np.empty((0, 2 * side * side * 3), np.float32)
+
+
+def _appearance_rows(pixels: np.ndarray, side: int) -> np.ndarray:
+    values = pixels.astype(np.float32)
+    edges = np.abs(np.diff(values, axis=1))[:, :, :-1] + np.abs(np.diff(values, axis=2))[:, :-1]
+    return np.concatenate([_block_means(values, side), _block_means(edges, side)], axis=1)
+
+
+def _block_means(values: np.ndarray, side: int) -> np.ndarray:
+    """side x side block averages of (n, height, width, channels) values, as adaptive average
+    pooling computes them, flattened per image."""
+    n, height, width, _ = values.shape
+    rows = np.linspace(0, height, side + 1).astype(int)
+    columns = np.linspace(0, width, side + 1).astype(int)
+    blocks = np.add.reduceat(np.add.reduceat(values, rows[:-1], axis=1), columns[:-1], axis=2)
+    areas = np.outer(np.diff(rows), np.diff(columns))[None, :, :, None]
+    return (blocks / areas).reshape(n, -1)

@@ -28,7 +28,12 @@ from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
 from auditor.embed.cache import FeatureStore, embed_with_cache
 from auditor.embed.distributed import BackboneSpec, embed_with_ray
 from auditor.embed.extract import resolve_device
-from auditor.embed.pixels import duplicate_descriptor, load_pixels_cached, pixel_store
+from auditor.embed.pixels import (
+    appearance_descriptor,
+    duplicate_descriptor,
+    load_pixels_cached,
+    pixel_store,
+)
 from auditor.embed.weights import hub_checkpoint_path
 from auditor.hierarchy import (
     HierarchyError,
@@ -271,26 +276,39 @@ def search_vectors(features: np.ndarray) -> np.ndarray:
 
 
 def index_stage(ctx: AuditContext) -> None:
-    """Two graphs: semantic neighbours (the model's search vectors) for mislabels and outliers,
-    and copy neighbours for duplicates (the same vectors for a pretrained backbone; a thumbnail
-    descriptor when the CNN was trained here and groups a class too tightly)."""
+    """Semantic neighbours (the model's search vectors) for mislabels and outliers, and copy
+    neighbours for duplicates (the same vectors for a pretrained backbone). When the CNN was
+    trained here, which groups a class too tightly for copies and maps off-topic images into its
+    classes, copies come from a mirror-invariant thumbnail descriptor and outliers from Euclidean
+    distances between thumbnails of colour and edges (bench/duplicates.py, bench/outliers.py)."""
     predicted = predictions(ctx)
+    k = ctx.parameter("k")
     vectors = search_vectors(predicted[f"layer_{SEARCH_LAYER}"])
-    graph = knn_graph(vectors, ctx.parameter("k"), progress=lambda f: ctx.report(f / 2))
+    graph = knn_graph(vectors, k, progress=lambda f: ctx.report(f / 2))
     embedded = ctx.artifacts.load_arrays("embed")
-    copies = graph
+    copies, appearance = graph, None
     if "pixels" in embedded:
-        descriptor = search_vectors(duplicate_descriptor(embedded["pixels"][predicted["ok"]]))
-        copies = knn_graph(
-            descriptor, ctx.parameter("k"), progress=lambda f: ctx.report(0.5 + f / 2)
+        pixels = embedded["pixels"][predicted["ok"]]
+        descriptor = search_vectors(duplicate_descriptor(pixels))
+        copies = knn_graph(descriptor, k, progress=lambda f: ctx.report(0.5 + f / 4))
+        appearance = knn_graph(
+            appearance_descriptor(pixels),
+            k,
+            metric="euclidean",
+            progress=lambda f: ctx.report(0.75 + f / 4),
         )
-    ctx.artifacts.save_arrays(
-        "index",
-        indices=graph.indices,
-        similarities=graph.similarities,
-        copy_indices=copies.indices,
-        copy_similarities=copies.similarities,
-    )
+    arrays = {
+        "indices": graph.indices,
+        "similarities": graph.similarities,
+        "copy_indices": copies.indices,
+        "copy_similarities": copies.similarities,
+    }
+    if appearance is not None:
+        arrays |= {
+            "appearance_indices": appearance.indices,
+            "appearance_similarities": appearance.similarities,
+        }
+    ctx.artifacts.save_arrays("index", **arrays)
 
 
 def hierarchy_stage(ctx: AuditContext) -> None:
@@ -366,6 +384,11 @@ def check_inputs(ctx: AuditContext, session: Session) -> CheckInputs:
         probabilities=predicted["probabilities"],
         knn=KnnGraph(graph["indices"], graph["similarities"]),
         copy_knn=KnnGraph(graph["copy_indices"], graph["copy_similarities"]),
+        appearance_knn=(
+            KnnGraph(graph["appearance_indices"], graph["appearance_similarities"], "euclidean")
+            if "appearance_indices" in graph
+            else None
+        ),
         hierarchy=ctx.artifacts.load_json("hierarchy") or None,
     )
 

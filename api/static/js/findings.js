@@ -75,11 +75,16 @@ function neighbours(finding) {
       items.map((item) => {
         const agrees =
           item.label === finding.given_label ? "given" : item.label === finding.suggested_label ? "suggested" : "other";
-        const similarity = item.similarity !== undefined ? ` · ${item.similarity.toFixed(2)}` : "";
+        const nearness =
+          item.similarity !== undefined
+            ? ` · ${item.similarity.toFixed(2)}`
+            : item.distance !== undefined
+              ? ` · distance ${item.distance.toFixed(1)}`
+              : "";
         return h(
           "li",
           { class: `match-${agrees}` },
-          picture(item.image_id, `${item.label}${similarity}`, {
+          picture(item.image_id, `${item.label ?? "unlabeled"}${nearness}`, {
             thumbnail: true,
             size: "small",
             alt: `Neighbour ${item.path}, labeled ${item.label}`,

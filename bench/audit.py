@@ -20,17 +20,15 @@ import time
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
 
 from auditor.config import Settings
 from auditor.db import migrate
-from auditor.db.models import Finding, FindingImage, Image
 from auditor.db.session import make_engine, make_session_factory
 from auditor.embed.extract import resolve_device
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.audit import create_audit, run_audit
 from bench import cifar
-from bench.report import write_results
+from bench.report import flagged_paths, write_results
 
 
 def peak_rss_gib() -> float:
@@ -79,14 +77,7 @@ def main() -> None:
         if audit.status != "completed":
             raise SystemExit(f"audit {audit_id} {audit.status}: {audit.error}")
         with factory() as session:
-            flagged = set(
-                session.scalars(
-                    select(Image.path)
-                    .join(FindingImage, FindingImage.image_id == Image.id)
-                    .join(Finding, Finding.id == FindingImage.finding_id)
-                    .where(Finding.audit_id == audit_id, Finding.kind == "mislabel")
-                )
-            )
+            flagged = flagged_paths(session, audit_id, "mislabel")
     wrong = {path for path, is_wrong in truth.items() if is_wrong}
     precision = len(flagged & wrong) / max(1, len(flagged))
     recall = len(flagged & wrong) / max(1, len(wrong))

@@ -30,7 +30,6 @@ from sqlalchemy import select
 from auditor.checks.outlier import OutlierCheck, robust_z
 from auditor.config import Settings
 from auditor.db import migrate
-from auditor.db.models import Finding, FindingImage
 from auditor.db.models import Image as ImageRow
 from auditor.db.session import make_engine, make_session_factory
 from auditor.demo import CLASS_NAMES, build_demo_dataset
@@ -42,7 +41,7 @@ from auditor.pipeline.audit import create_audit, run_audit
 from auditor.pipeline.stages import DEFAULT_PARAMETERS, search_vectors
 from auditor.predict.patch_features import patch_features
 from bench import cifar
-from bench.report import write_results
+from bench.report import flagged_paths, write_results
 
 THRESHOLD = OutlierCheck.defaults["z_threshold"]
 COLOURS = 8 * 8 * 3
@@ -135,14 +134,7 @@ def audited_scenario(root: Path, planted: set[str], workdir: Path) -> tuple[set[
     if audit.status != "completed":
         raise SystemExit(f"audit {audit_id} {audit.status}: {audit.error}")
     with factory() as session:
-        flagged = set(
-            session.scalars(
-                select(ImageRow.path)
-                .join(FindingImage, FindingImage.image_id == ImageRow.id)
-                .join(Finding, Finding.id == FindingImage.finding_id)
-                .where(Finding.audit_id == audit_id, Finding.kind == "outlier")
-            )
-        )
+        flagged = flagged_paths(session, audit_id, "outlier")
         path_of = dict(session.execute(select(ImageRow.id, ImageRow.path)).tuples().all())
     artifacts = AuditArtifacts(workdir, audit_id)
     ingest_arrays = artifacts.load_arrays("ingest")

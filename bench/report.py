@@ -1,8 +1,14 @@
-"""Where benchmark scripts put their results: one Markdown file each under bench/results/."""
+"""Where benchmark scripts put their results (one Markdown file each under bench/results/), and
+what they read back from an audit to score it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from auditor.db.models import Finding, FindingImage, Image
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -15,3 +21,15 @@ def write_results(name: str, lines: list[str]) -> Path:
     target.write_text(text)
     print(text)
     return target
+
+
+def flagged_paths(session: Session, audit_id: int, kind: str) -> set[str]:
+    """Paths of the images the audit's findings of `kind` name, to compare with a known truth."""
+    return set(
+        session.scalars(
+            select(Image.path)
+            .join(FindingImage, FindingImage.image_id == Image.id)
+            .join(Finding, Finding.id == FindingImage.finding_id)
+            .where(Finding.audit_id == audit_id, Finding.kind == kind)
+        )
+    )

@@ -17,7 +17,9 @@ from sqlalchemy import select
 
 from api.app import create_app
 from auditor.auth import create_api_key
+from auditor.checks.base import FindingDraft
 from auditor.db import migrate
+from auditor.db.findings import save_findings
 from auditor.db.models import Audit, AuditStatus, Class, Finding, Label, Review
 from auditor.db.session import make_engine, make_session_factory
 from tests.test_api import Seeded, seed
@@ -170,6 +172,45 @@ def test_review_findings_with_the_keyboard(site, page):
     assert finding_row(site, third).status == "dismissed"
     page.keyboard.press("k")
     assert shown_finding(page) == second
+
+
+def test_outlier_shows_how_far_its_nearest_images_are(site, page):
+    """An outlier's evidence as the check writes it: the page states the distance relative to the
+    dataset's typical one and shows the nearest images, with no suggestion to compare against."""
+    ids = list(site.seeded.image_ids.values())
+    with site.seeded.factory() as session, session.begin():
+        audit = Audit(dataset_id=site.seeded.dataset_id, status=AuditStatus.COMPLETED, stage="done")
+        session.add(audit)
+        session.flush()
+        neighbours = [
+            {"image_id": ids[i], "path": path, "label": "three", "distance": distance}
+            for i, (path, distance) in enumerate([("a.png", 600.0), ("b.png", 750.0)], start=1)
+        ]
+        evidence = {
+            "measured_on": "thumbnails of colour and edges",
+            "mean_neighbour_distance": 800.0,
+            "dataset_median_distance": 400.0,
+            "robust_z": 6.1,
+            "neighbours": neighbours,
+        }
+        draft = FindingDraft(
+            kind="outlier",
+            subject=str(ids[0]),
+            image_ids=[ids[0]],
+            score=0.9,
+            given_label="three",
+            evidence=evidence,
+        )
+        save_findings(session, site.seeded.dataset_id, audit.id, [draft], ["outlier"])
+        audit_id = audit.id
+    page.goto(f"{site.url}/#/audits/{audit_id}/findings?kind=outlier")
+    expect(page.locator(".facts")).to_contain_text("2.0× as far as is typical in this dataset")
+    gallery = page.locator(".detail .gallery li")
+    expect(gallery).to_have_count(2)
+    expect(gallery.nth(0)).to_contain_text("three · 1.5×")
+    expect(gallery.nth(1)).to_contain_text("three · 1.9×")
+    expect(page.locator(".detail .legend")).not_to_contain_text("suggestion")
+    shot(page, "findings-outlier")
 
 
 def test_duplicate_group_keeps_the_chosen_member(site, page):

@@ -58,6 +58,11 @@ function facts(finding) {
     ["Severity", finding.severity],
     ["Status", finding.reviewer ? `${finding.status} (by ${finding.reviewer})` : finding.status],
   ];
+  const typical = finding.evidence?.dataset_median_distance;
+  if (typical && finding.evidence?.mean_neighbour_distance !== undefined) {
+    const ratio = finding.evidence.mean_neighbour_distance / typical;
+    rows.push(["Nearest images", `${ratio.toFixed(1)}× as far as is typical in this dataset`]);
+  }
   return h("dl", { class: "facts" }, rows.map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
 }
 
@@ -65,6 +70,7 @@ function neighbours(finding) {
   const items = finding.evidence?.neighbours ?? finding.evidence?.members ?? [];
   if (!items.length) return null;
   const isGroup = !finding.evidence?.neighbours;
+  const typical = finding.evidence?.dataset_median_distance;
   return h(
     "section",
     { class: "evidence", "aria-labelledby": "evidence-title" },
@@ -78,8 +84,8 @@ function neighbours(finding) {
         const nearness =
           item.similarity !== undefined
             ? ` · ${item.similarity.toFixed(2)}`
-            : item.distance !== undefined
-              ? ` · distance ${item.distance.toFixed(1)}`
+            : item.distance !== undefined && typical
+              ? ` · ${(item.distance / typical).toFixed(1)}×`
               : "";
         return h(
           "li",
@@ -98,7 +104,9 @@ function neighbours(finding) {
           "p",
           { class: "legend" },
           h("span", { class: "swatch given" }), " labeled like the given label  ",
-          h("span", { class: "swatch suggested" }), " labeled like the suggestion",
+          finding.suggested_label
+            ? [h("span", { class: "swatch suggested" }), " labeled like the suggestion"]
+            : null,
         ),
   );
 }

@@ -71,8 +71,7 @@ def finding_html(finding: Finding, images: list[Image], source: Source | None) -
             else f'<div class="missing">{escape(image.status)}</div>'
         )
         tiles.append(f"<figure>{picture}<figcaption>{escape(image.path)}</figcaption></figure>")
-    evidence = finding.evidence or {}
-    reason = evidence.get("reason") or "; ".join(evidence.get("problems", [])) or ""
+    reason = finding_reason(finding.evidence or {})
     labels = f"given <b>{escape(finding.given_label or '-')}</b>"
     if finding.suggested_label:
         labels += f" &rarr; suggested <b>{escape(finding.suggested_label)}</b>"
@@ -81,6 +80,17 @@ def finding_html(finding: Finding, images: list[Image], source: Source | None) -
         f'<div class="score">score {finding.score:.2f} &middot; {escape(finding.severity)}</div>'
         f"<div>{labels}</div><div>{escape(str(reason))}</div></div></div>"
     )
+
+
+def finding_reason(evidence: dict) -> str:
+    """The line a reader of the static report needs to judge a finding without the review page."""
+    if evidence.get("reason") or evidence.get("problems"):
+        return str(evidence.get("reason") or "; ".join(evidence["problems"]))
+    typical = evidence.get("dataset_median_distance")
+    if typical and "mean_neighbour_distance" in evidence:
+        ratio = evidence["mean_neighbour_distance"] / typical
+        return f"nearest images {ratio:.1f}x as far as is typical in this dataset"
+    return ""
 
 
 def hierarchy_sections(session: Session, audit_id: int) -> list[str]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from auditor.demo import build_demo_dataset
+from auditor.report import finding_reason
 from tests.corpus import encode, noise_image
 
 
@@ -117,3 +118,11 @@ def test_run_json_contract(tmp_path):
     assert (tmp_path / "v.csv").read_text().startswith("level,vendor,batch,class,images")
     missing = auditor(tmp_path, "vendors", "999")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_report_says_why_an_outlier_was_flagged():
+    outlier = {"mean_neighbour_distance": 820.0, "dataset_median_distance": 400.0, "robust_z": 6.0}
+    assert finding_reason(outlier) == "nearest images 2.0x as far as is typical in this dataset"
+    assert finding_reason({"reason": "truncated file"}) == "truncated file"
+    assert finding_reason({"problems": ["blurry", "dark"]}) == "blurry; dark"
+    assert finding_reason({"given_probability": 0.1}) == ""

@@ -8,7 +8,7 @@ sample photographs as off-topic uploads filed under random digit classes, runs t
 the planted images the `outlier` check flags and how many digits it flags besides. It then
 repeats the check's rule (robust z of the mean distance to the k nearest neighbours, above 4) on
 each tapped layer and on the label-free patch features, to show where the off-topic images stand
-apart. Where CIFAR-10N is beside the repository, the same for natural photographs with a few
+apart, and the thumbnail rule on growing groups of crops of one photograph. Where CIFAR-10N is beside the repository, the same for natural photographs with a few
 images planted that do not belong (digits, text-like pages, noise), and the thumbnail rules on
 all 50,000 photographs with nothing planted. Results go to
 bench/results/outliers.md.
@@ -38,7 +38,7 @@ from auditor.index import knn_graph
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.audit import create_audit, run_audit
-from auditor.pipeline.stages import DEFAULT_PARAMETERS, search_vectors
+from auditor.pipeline.stages import APPEARANCE_K, DEFAULT_PARAMETERS, search_vectors
 from auditor.predict.patch_features import patch_features
 from bench import cifar
 from bench.report import flagged_paths, write_results
@@ -48,13 +48,15 @@ COLOURS = 8 * 8 * 3
 """The colour thumbnail's share of `appearance_descriptor`'s columns; the rest is edges."""
 
 
-def plant_offtopic(root: Path, count: int, side: int, seed: int) -> list[str]:
-    """Random crops of the sample photographs, scaled to the digits' size."""
+def plant_offtopic(
+    root: Path, count: int, side: int, seed: int, photographs: tuple[int, ...] = (0, 1)
+) -> list[str]:
+    """Random crops of the sample photographs (in turn), scaled to the digits' size."""
     photos = load_sample_images().images
     rng = np.random.default_rng(seed)
     planted = []
     for index in range(count):
-        photo = photos[index % len(photos)]
+        photo = photos[photographs[index % len(photographs)]]
         crop = int(rng.integers(120, 260))
         y = int(rng.integers(0, photo.shape[0] - crop))
         x = int(rng.integers(0, photo.shape[1] - crop))
@@ -153,7 +155,7 @@ def audited_scenario(root: Path, planted: set[str], workdir: Path) -> tuple[set[
     rows.append(
         (
             "thumbnails of colour and edges, Euclidean (what the check uses here)",
-            *layer_rule(appearance, k, odd, metric="euclidean"),
+            *layer_rule(appearance, APPEARANCE_K, odd, metric="euclidean"),
         )
     )
     doubt = 1.0 - predicted["probabilities"].max(axis=1)
@@ -183,15 +185,60 @@ def scenario_lines(title: str, planted: set[str], flagged: set[str], rows: list,
     ]
 
 
-def whole_cifar_lines(k: int) -> list[str]:
+def cluster_lines(per_class: int, seed: int) -> list[str]:
+    """Off-topic groups of growing size: crops of one photograph are each other's nearest
+    neighbours, so a kNN-distance rule loses them once a group outgrows k. The thumbnail rule
+    alone (it does not depend on the CNN), at the shared k and at the appearance graph's."""
+    lines = [
+        "#### Off-topic groups: the demo's digits with n crops of one photograph",
+        "",
+        "The thumbnail rule alone (no audit: it does not depend on the CNN). Planted flagged, "
+        "and digits flagged, per neighbourhood size.",
+        "",
+        "| photograph | crops | k = 10 | k = 25 (the check's) |",
+        "|---|---:|---:|---:|",
+    ]
+    for photograph in range(len(load_sample_images().images)):
+        for count in (8, 16, 24, 40):
+            with tempfile.TemporaryDirectory() as tmp:
+                root = Path(tmp) / "digits"
+                build_demo_dataset(root, per_class=per_class, seed=seed)
+                planted = set(
+                    plant_offtopic(root, count, side=32, seed=seed, photographs=(photograph,))
+                )
+                paths, pixels = readable_pixels(root)
+            odd = np.array([path in planted for path in paths])
+            appearance = appearance_descriptor(pixels)
+            cells = []
+            for k in (10, APPEARANCE_K):
+                hit, extra, _, _ = layer_rule(appearance, k, odd, metric="euclidean")
+                cells.append(f"{hit} of {count}, {extra} digits")
+            lines.append(f"| {photograph + 1} | {count} | {' | '.join(cells)} |")
+    return [*lines, ""]
+
+
+def readable_pixels(root: Path) -> tuple[list[str], np.ndarray]:
+    """The dataset's images that decode (the demo plants a corrupt one), as 32x32 RGB."""
+    paths, pixels = [], []
+    for path in sorted(root.rglob("*.png")):
+        try:
+            with Image.open(path) as image:
+                pixels.append(np.asarray(image.convert("RGB").resize((32, 32))))
+        except OSError:
+            continue
+        paths.append(str(path.relative_to(root)))
+    return paths, np.stack(pixels)
+
+
+def whole_cifar_lines() -> list[str]:
     """How many of all 50,000 CIFAR-10 photographs, nothing planted, each thumbnail rule flags:
     every one is a false alarm a curator would wade through."""
     pixels = cifar.load_images()
     started = time.perf_counter()
     appearance = appearance_descriptor(pixels)
-    euclidean = knn_graph(appearance, k, metric="euclidean")
+    euclidean = knn_graph(appearance, APPEARANCE_K, metric="euclidean")
     seconds = time.perf_counter() - started
-    cosine = knn_graph(search_vectors(appearance[:, :COLOURS]), k)
+    cosine = knn_graph(search_vectors(appearance[:, :COLOURS]), DEFAULT_PARAMETERS["k"])
     flagged = {
         name: int((robust_z(graph.distances().mean(axis=1)) > THRESHOLD).sum())
         for name, graph in (("euclidean", euclidean), ("cosine", cosine))
@@ -199,8 +246,10 @@ def whole_cifar_lines(k: int) -> list[str]:
     return [
         f"#### All {len(pixels):,} CIFAR-10 images, nothing planted",
         "",
-        f"Thumbnails of colour and edges, Euclidean: {flagged['euclidean']} flagged "
-        f"(descriptor and kNN graph {seconds:.0f} s); colour thumbnails, cosine: "
+        f"Thumbnails of colour and edges, Euclidean, k = {APPEARANCE_K}: "
+        f"{flagged['euclidean']} flagged "
+        f"(descriptor and kNN graph {seconds:.0f} s); colour thumbnails, cosine, "
+        f"k = {DEFAULT_PARAMETERS['k']}: "
         f"{flagged['cosine']}.",
         "",
     ]
@@ -218,8 +267,9 @@ def main() -> None:
         f"### Off-topic uploads and the `outlier` check (`python -m bench.outliers "
         f"--offtopic {args.offtopic} --per-class {args.per_class} --cifar {args.cifar}`)",
         "",
-        f"Default audits with a CNN trained on the data; k = {k}, robust z above {THRESHOLD:g}. "
-        "Each row applies the check's rule to one feature set.",
+        f"Default audits with a CNN trained on the data; robust z above {THRESHOLD:g}. Each row "
+        f"applies the check's rule to one feature set: k = {k} (the shared graph's), and "
+        f"k = {APPEARANCE_K} on the thumbnails (the appearance graph's).",
         "",
     ]
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,6 +284,7 @@ def main() -> None:
         rows,
         doubt,
     )
+    lines += cluster_lines(args.per_class, args.seed)
     if args.cifar and cifar.available():
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "cifar"
@@ -248,7 +299,7 @@ def main() -> None:
             rows,
             doubt,
         )
-        lines += whole_cifar_lines(DEFAULT_PARAMETERS["k"])
+        lines += whole_cifar_lines()
     write_results("outliers.md", lines)
 
 

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits, load_sample_images
 from sqlalchemy import func, select
 
 from auditor.checks import REGISTRY, CheckInputs, run_checks
-from auditor.checks.base import ImageTable
+from auditor.checks.base import FindingDraft, ImageTable
 from auditor.checks.mislabel import neighbour_label_distribution
 from auditor.config import Settings
 from auditor.db.findings import save_findings
@@ -21,7 +21,7 @@ from auditor.db.models import Finding
 from auditor.embed.pixels import appearance_descriptor
 from auditor.index import knn_graph
 from auditor.ingest.ingest import ingest, load_image_table
-from auditor.pipeline.stages import hierarchy_analyses, search_vectors
+from auditor.pipeline.stages import APPEARANCE_K, hierarchy_analyses, search_vectors
 from auditor.predict.heads import kfold_head_probabilities
 from tests.corpus import encode, noise_image
 
@@ -233,16 +233,18 @@ def test_outliers_are_the_off_topic_images(planted_run):
     assert len(flagged - set(planted.outliers)) <= 2
 
 
-def digits_with_photographs(photographs: int = 8, per_class: int = 40) -> tuple[np.ndarray, int]:
-    """32x32 RGB digits (grey strokes on black) followed by crops of scikit-learn's two sample
-    photographs: off-topic uploads, several of them alike."""
+def digits_with_photographs(
+    photographs: int = 8, per_class: int = 40, sources: tuple[int, ...] = (0, 1)
+) -> tuple[np.ndarray, int]:
+    """32x32 RGB digits (grey strokes on black) followed by crops of scikit-learn's sample
+    photographs (`sources`, in turn): off-topic uploads, several of them alike."""
     digits = load_digits()
     chosen = np.concatenate([np.flatnonzero(digits.target == d)[:per_class] for d in range(10)])
     grey = (digits.images[chosen] * (255 / 16)).astype(np.uint8)
     images = [np.asarray(Image.fromarray(g).resize((32, 32)).convert("RGB")) for g in grey]
     rng = np.random.default_rng(0)
     for index in range(photographs):
-        photo = load_sample_images().images[index % 2]
+        photo = load_sample_images().images[sources[index % len(sources)]]
         side = int(rng.integers(120, 260))
         y, x = (int(rng.integers(0, limit - side)) for limit in photo.shape[:2])
         crop = Image.fromarray(photo[y : y + side, x : x + side]).resize((32, 32))
@@ -250,8 +252,8 @@ def digits_with_photographs(photographs: int = 8, per_class: int = 40) -> tuple[
     return np.stack(images), len(chosen)
 
 
-def test_outliers_by_appearance_find_photographs_among_digits():
-    pixels, n_digits = digits_with_photographs()
+def outliers_among_digits(pixels: np.ndarray, k: int) -> tuple[list[FindingDraft], set[int]]:
+    """The outlier check's findings and flagged rows when only appearance can tell."""
     n = len(pixels)
     planted = Planted(np.zeros((n, 2), np.float32), np.arange(n) % 4, ["train"] * n, {}, {}, [])
     rng = np.random.default_rng(1)
@@ -265,11 +267,16 @@ def test_outliers_by_appearance_find_photographs_among_digits():
         rows=np.arange(n),
         labels=planted.labels,
         knn=knn_graph(search_vectors(features), 10),
-        appearance_knn=knn_graph(appearance_descriptor(pixels), 10, metric="euclidean"),
+        appearance_knn=knn_graph(appearance_descriptor(pixels), k, metric="euclidean"),
     )
     drafts = REGISTRY["outlier"]().run(inputs)
-    flagged = {row for rows in rows_of(drafts) for row in rows}
-    photographs = set(range(n_digits, n))
+    return drafts, {row for rows in rows_of(drafts) for row in rows}
+
+
+def test_outliers_by_appearance_find_photographs_among_digits():
+    pixels, n_digits = digits_with_photographs()
+    drafts, flagged = outliers_among_digits(pixels, APPEARANCE_K)
+    photographs = set(range(n_digits, len(pixels)))
     assert len(flagged & photographs) >= 7, f"found {len(flagged & photographs)} of 8"
     assert len(flagged - photographs) <= 1
     assert {d.evidence["measured_on"] for d in drafts} == {"thumbnails of colour and edges"}
@@ -279,6 +286,18 @@ def test_outliers_by_appearance_find_photographs_among_digits():
     )
     assert len(photograph.evidence["neighbours"]) == 5
     assert all(n["distance"] > 0 for n in photograph.evidence["neighbours"])
+
+
+def test_an_off_topic_cluster_larger_than_the_shared_k_is_found():
+    """24 crops of one photograph are each other's nearest neighbours; the appearance graph's
+    larger neighbourhood still reaches the digits beyond them."""
+    pixels, n_digits = digits_with_photographs(photographs=24, sources=(0,))
+    photographs = set(range(n_digits, len(pixels)))
+    _, flagged = outliers_among_digits(pixels, APPEARANCE_K)
+    assert len(flagged & photographs) >= 22, f"found {len(flagged & photographs)} of 24"
+    assert len(flagged - photographs) <= 1
+    _, flagged_at_shared_k = outliers_among_digits(pixels, 10)
+    assert len(flagged_at_shared_k & photographs) < len(flagged & photographs)
 
 
 def test_synonym_pair_is_the_top_ambiguous_pair(planted_run):

@@ -15,7 +15,7 @@ from auditor.demo import build_demo_dataset
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.audit import create_audit, run_audit
-from auditor.pipeline.stages import STAGES, trained_strategy
+from auditor.pipeline.stages import APPEARANCE_K, STAGES, trained_strategy
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_audit_completes_with_findings_summary_and_analyses(session_factory, aud
     assert layers["layers"] == ["stem", "stage1", "stage2", "stage3", "pool"]
     # A CNN trained here: outliers are measured between thumbnails of colour and edges.
     graph = AuditArtifacts(settings.data_dir, audit.id).load_arrays("index")
-    assert graph["appearance_indices"].shape == (summary["audited_images"], 10)
+    assert graph["appearance_indices"].shape == (summary["audited_images"], APPEARANCE_K)
     with session_factory() as session:
         spaces = session.scalars(
             select(Finding.evidence["measured_on"].as_string()).where(

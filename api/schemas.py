@@ -265,6 +265,17 @@ class Duplicate(Out):
     reason: Literal["sha256", "phash", "similarity"]
 
 
+class Appearance(Out):
+    robust_z: float = Field(
+        description="How far its mean distance to its nearest images lies "
+        "above the dataset's median, in robust standard deviations"
+    )
+    unusual: bool = Field(description="Above the audit's outlier threshold: likely off-topic")
+    distance_ratio: float | None = Field(
+        description="Its mean distance to its nearest images over the dataset's median"
+    )
+
+
 class CheckOut(Out):
     audit_id: int | None
     model_available: bool
@@ -274,6 +285,11 @@ class CheckOut(Out):
     neighbours: list[Neighbour]
     duplicate: bool
     duplicates: list[Duplicate]
+    appearance: Appearance | None = Field(
+        default=None,
+        description="How unlike the audited images it looks (thumbnails of colour and edges); "
+        "present when the audit trained its CNN on the data",
+    )
 
 
 class WebhookCreate(BaseModel):

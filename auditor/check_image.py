@@ -5,7 +5,9 @@ Answers come from the dataset's latest completed audit: its out-of-sample probab
 image it audited, and a FAISS index over its stored search-layer vectors for neighbours. An
 uploaded image needs a vector from the same model; `embedder_for_audit` provides one when the
 audit used a pretrained backbone. A CNN trained during the audit is not saved, so then the check
-answers from hashes alone (SHA-256 and perceptual hash) and says `model_available: false`.
+answers from hashes alone (SHA-256 and perceptual hash) and says `model_available: false`; it
+still says how unlike the audited images the upload looks (`appearance`), from the thumbnails of
+colour and edges that the audit's outlier check compared.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from auditor.checks.outlier import OutlierCheck, robust_scale
 from auditor.config import Settings
 from auditor.db.models import Audit, Image, ImageStatus
 from auditor.embed.backbones import SEARCH_LAYER, Backbone, build_backbone
-from auditor.index import VectorIndex
+from auditor.embed.pixels import appearance_descriptor
+from auditor.index import KnnGraph, VectorIndex, euclidean_neighbours
 from auditor.ingest.decode import UnreadableImage, decode_rgb
 from auditor.pipeline.artifacts import AuditArtifacts
-from auditor.pipeline.stages import DEFAULT_PARAMETERS
+from auditor.pipeline.stages import APPEARANCE_K, DEFAULT_PARAMETERS
 from auditor.services import Invalid, NotFound
 from auditor.services.audits import latest_completed_audit
 from auditor.services.images import original
@@ -43,6 +47,50 @@ Embedder = Callable[[PILImage.Image], np.ndarray]
 
 
 @dataclass
+class AppearanceReference:
+    """The audited images' look (thumbnails of colour and edges) and each one's mean distance to
+    its nearest, so the check can say whether an image looks unlike the dataset, as the `outlier`
+    check judges stored images when the audit trained its CNN here."""
+
+    descriptors: np.ndarray
+    mean_distances: np.ndarray
+    median: float
+    scale: float
+    side: int
+
+    def mean_distance_of(self, picture: PILImage.Image) -> float:
+        small = picture.convert("RGB").resize((self.side, self.side), PILImage.BILINEAR)
+        descriptor = appearance_descriptor(np.asarray(small, dtype=np.uint8)[None])
+        return float(
+            euclidean_neighbours(descriptor, self.descriptors, APPEARANCE_K).distances().mean()
+        )
+
+    def judge(self, mean_distance: float, threshold: float) -> dict[str, Any]:
+        z = (mean_distance - self.median) / self.scale
+        return {
+            "robust_z": round(float(z), 2),
+            "unusual": bool(z > threshold),
+            "distance_ratio": round(mean_distance / self.median, 3) if self.median > 0 else None,
+        }
+
+
+def appearance_reference(artifacts: AuditArtifacts, ok: np.ndarray) -> AppearanceReference | None:
+    """From the audit's decoded pixels and appearance graph; None when the audit embedded with a
+    pretrained backbone (it keeps neither)."""
+    embedded, graph = artifacts.load_arrays("embed"), artifacts.load_arrays("index")
+    if not embedded or not graph or "pixels" not in embedded or "appearance_indices" not in graph:
+        return None
+    pixels = embedded["pixels"][ok]
+    indices = graph["appearance_indices"]
+    distances = KnnGraph(indices, graph["appearance_similarities"], "euclidean").distances()
+    mean_distances = np.nanmean(np.where(indices >= 0, distances, np.nan), axis=1)
+    median, scale = robust_scale(mean_distances)
+    return AppearanceReference(
+        appearance_descriptor(pixels), mean_distances, median, scale, int(pixels.shape[1])
+    )
+
+
+@dataclass
 class AuditModel:
     """What one audit left on disk that the check needs, loaded once and kept."""
 
@@ -53,6 +101,7 @@ class AuditModel:
     probabilities: np.ndarray
     index: VectorIndex
     row_of: dict[int, int]
+    appearance: AppearanceReference | None = None
 
 
 _models: dict[tuple[str, float], AuditModel] = {}
@@ -83,6 +132,7 @@ def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
         probabilities=predicted["probabilities"],
         index=VectorIndex.build(predicted[f"layer_{SEARCH_LAYER}"]),
         row_of={int(image_id): row for row, image_id in enumerate(image_ids)},
+        appearance=appearance_reference(artifacts, ok),
     )
     with _models_lock:
         _models[stamp] = model
@@ -232,6 +282,7 @@ def check_image(
                 {"image_id": item["image_id"], "path": item["path"], "reason": "similarity"}
             )
     answer: dict[str, Any] = {
+        "appearance": appearance_answer(session, settings, audit, model, image_id, stored, picture),
         "audit_id": audit.id if audit is not None else None,
         "model_available": probabilities is not None,
         "method": method,
@@ -251,6 +302,34 @@ def check_image(
             round(float(probabilities[names.index(label)]), 6) if label in names else 0.0
         )
     return answer
+
+
+def appearance_answer(
+    session: Session,
+    settings: Settings,
+    audit: Audit | None,
+    model: AuditModel | None,
+    image_id: int | None,
+    stored: Image | None,
+    picture: PILImage.Image | None,
+) -> dict[str, Any] | None:
+    """How unusual the image looks next to the audited ones, under the audit's outlier threshold;
+    None when the audit kept no appearance reference or the image no longer reads."""
+    if audit is None or model is None or model.appearance is None:
+        return None
+    checks = (audit.parameters or {}).get("checks") or {}
+    threshold = float(
+        (checks.get("outlier") or {}).get("z_threshold", OutlierCheck.defaults["z_threshold"])
+    )
+    if image_id is not None and image_id in model.row_of:
+        mean_distance = float(model.appearance.mean_distances[model.row_of[image_id]])
+    else:
+        if picture is None and stored is not None:
+            picture = load_stored_picture(session, settings, stored)
+        if picture is None:
+            return None
+        mean_distance = model.appearance.mean_distance_of(picture)
+    return model.appearance.judge(mean_distance, threshold)
 
 
 def load_stored_picture(

@@ -152,6 +152,15 @@ def knn_graph(
     return _drop_self(indices, similarities, k, metric)
 
 
+def euclidean_neighbours(queries: np.ndarray, database: np.ndarray, k: int) -> KnnGraph:
+    """The k rows of `database` nearest each query by Euclidean distance, exact: for a few
+    queries against one audit's vectors, where no index is worth building."""
+    queries, database = _as_float32_matrix(queries), _as_float32_matrix(database)
+    k = min(k, database.shape[0])
+    similarities, indices = _BlockSearch(False, "euclidean")(queries, database, k)
+    return KnnGraph(indices, similarities, "euclidean")
+
+
 def ivf_parameters(
     n_vectors: int, n_lists: int | None = None, n_probe: int | None = None
 ) -> tuple[int, int]:

@@ -3,15 +3,23 @@ two epochs, a real FAISS graph, findings and analyses in SQLite and PostgreSQL."
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from sklearn.datasets import load_digits, load_sample_images
 from sqlalchemy import func, select
 
+from api.app import create_app
+from auditor.check_image import check_image
 from auditor.config import Settings
 from auditor.db.models import Audit, AuditAnalysis, Finding
+from auditor.db.models import Image as ImageRow
 from auditor.db.queries import found_paths_by_kind
-from auditor.demo import build_demo_dataset
+from auditor.demo import build_demo_dataset, digit_image
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.audit import create_audit, run_audit
@@ -120,3 +128,45 @@ def test_auto_strategy_trains_wide_networks_on_a_gpu_for_large_datasets():
     assert trained_strategy("auto", cuda, 10_000) == ("patch_cnn", None)
     assert trained_strategy("auto", cpu, 50_000) == ("patch_cnn", None)
     assert trained_strategy("cnn_crossfit", cuda, 50_000) == ("cnn_crossfit", None)
+
+
+def test_check_says_whether_an_upload_looks_unlike_the_dataset(session_factory, audited):
+    """The labeling tool's check, against an audit that trained its CNN here: a photograph
+    uploaded into a digits dataset looks unusual, another digit does not."""
+    settings, _, ingested, audit = audited
+
+    def png(picture: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    photograph = Image.fromarray(load_sample_images().images[0][100:300, 150:350])
+    unseen_digit = digit_image(load_digits().data[-1], 32)  # the demo uses the first ones
+    with session_factory() as session:
+        stored_id = session.scalar(
+            select(ImageRow.id).where(ImageRow.dataset_id == ingested.dataset_id).limit(1)
+        )
+        answers = {
+            name: check_image(session, settings, ingested.dataset_id, "three", **upload)
+            for name, upload in {
+                "photograph": {"data": png(photograph)},
+                "digit": {"data": png(unseen_digit)},
+                "stored": {"image_id": stored_id},
+            }.items()
+        }
+    assert all(a["audit_id"] == audit.id for a in answers.values())
+    assert answers["photograph"]["appearance"]["unusual"] is True
+    assert answers["photograph"]["appearance"]["distance_ratio"] > 1.5
+    assert answers["digit"]["appearance"]["unusual"] is False
+    assert (
+        answers["digit"]["appearance"]["robust_z"] < answers["photograph"]["appearance"]["robust_z"]
+    )
+    assert answers["stored"]["appearance"] is not None
+    # The REST API passes it on to labeling tools.
+    response = TestClient(create_app(settings, session_factory)).post(
+        f"/api/v1/datasets/{ingested.dataset_id}/check",
+        data={"label": "three"},
+        files={"file": ("upload.png", png(photograph), "image/png")},
+    )
+    assert response.status_code == 200
+    assert response.json()["appearance"] == answers["photograph"]["appearance"]

@@ -25,10 +25,15 @@ NEIGHBOURS_IN_EVIDENCE = 5
 """Enough nearest images for a curator to see that none of them looks like the outlier."""
 
 
+def robust_scale(values: np.ndarray) -> tuple[float, float]:
+    """(median, MAD scaled to a normal's standard deviation), floored so a uniform set divides."""
+    median = float(np.median(values))
+    return median, max(float(np.median(np.abs(values - median))) * 1.4826, 1e-6)
+
+
 def robust_z(values: np.ndarray) -> np.ndarray:
-    median = np.median(values)
-    mad = np.median(np.abs(values - median)) * 1.4826
-    return (values - median) / max(mad, 1e-6)
+    median, scale = robust_scale(values)
+    return (values - median) / scale
 
 
 @register

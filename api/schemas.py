@@ -237,6 +237,14 @@ class VendorsOut(Out):
     held_out_share: float | None = Field(
         None, description="Share of vendor labels judged by a model that never saw their vendor"
     )
+    confidence_strata: int | None = Field(
+        None,
+        description="Strata of the model's confidence across which a vendor's error rate may "
+        "vary (1: class-conditional noise), chosen by BIC",
+    )
+    noise_model_bic: dict[str, float] | None = Field(
+        None, description="BIC of each candidate number of confidence strata (lower is better)"
+    )
     items: list[VendorOut]
     batches: list[BatchRateOut]
     classes: list[VendorClassOut]

@@ -177,6 +177,8 @@ def main() -> None:
                 f"Ranking correct: **{'yes' if ranked else 'no'}**; largest difference "
                 f"{worst * 100:.1f} pp (goal: within 3 pp). Sharpness {report['sharpness']}"
                 f"{' (fitted by likelihood)' if report['sharpness_fitted'] else ' (fixed)'}; "
+                f"noise model with {report.get('confidence_strata') or 1} confidence "
+                f"strata (BIC {report.get('noise_model_bic')}); "
                 f"{report['held_out_share']:.0%} of the vendor labels judged by heads that never "
                 "saw their vendor.",
                 "",

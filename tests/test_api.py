@@ -296,6 +296,7 @@ def test_analyses_and_vendors(client, seeded):
     assert sum(v["confirmed_error_rate"] or 0 for v in vendors) > 0
     report = client.get(f"{base}/vendors").json()
     assert report["method"] == "vendor_noise_em" and report["trend"].keys() == set(VENDORS)
+    assert report["confidence_strata"] in (1, 3)
     assert {b["vendor"] for b in report["batches"]} == set(VENDORS)
     table = client.get(f"{base}/vendors", params={"format": "csv"})
     assert table.headers["content-type"].startswith("text/csv")

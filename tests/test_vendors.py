@@ -16,6 +16,7 @@ from auditor.db.models import Audit, AuditStatus, Finding, Image, utcnow
 from auditor.demo import build_demo_dataset
 from auditor.ingest.ingest import ingest
 from auditor.ingest.sources import Delivery
+from auditor.noise import fit_noise_model
 from auditor.pipeline.audit import create_audit, run_audit
 from auditor.services.diff import audit_diff
 from auditor.services.reviews import ReviewRequest, review_finding
@@ -100,6 +101,55 @@ def test_fitted_sharpness_undoes_how_far_the_model_was_softened(power):
     if power == 4:
         worst = max(abs(r["estimated_error_rate"] - truth[r["vendor"]]) for r in fixed["vendors"])
         assert worst > 0.04
+
+
+def vendors_by_difficulty(hard_errors: bool, seed: int = 0, n: int = 6000):
+    """Three vendors (5, 15, 35 % wrong) on images of varied difficulty, with the exact class
+    posterior softened as in `synthetic_vendors`. With `hard_errors` each vendor errs in
+    proportion to how unsure the exact posterior is, as people do; otherwise uniformly."""
+    rng = np.random.default_rng(seed)
+    k, spread = 10, 1.5
+    truth, vendor = rng.integers(0, k, n), np.arange(n) % 3
+    signal = rng.uniform(1.0, 6.0, n)
+    scores = rng.normal(0, spread, (n, k))
+    scores[np.arange(n), truth] += signal
+    logits = scores * signal[:, None] / spread**2
+    posterior = np.exp(logits - logits.max(axis=1, keepdims=True))
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    doubt = 1.05 - posterior.max(axis=1) if hard_errors else np.ones(n)
+    given = truth.copy()
+    for v, rate in enumerate((0.05, 0.15, 0.35)):
+        chance = rate * doubt / doubt[vendor == v].mean()
+        wrong = (vendor == v) & (rng.random(n) < chance)
+        given[wrong] = (truth[wrong] + rng.choice([-1, 1, 2], wrong.sum())) % k
+    softened = np.sqrt(posterior) / np.sqrt(posterior).sum(axis=1, keepdims=True)
+    true_rates = {
+        name: float((given[vendor == v] != truth[vendor == v]).mean())
+        for v, name in enumerate(("good", "fair", "poor"))
+    }
+    return softened, given, vendor, true_rates
+
+
+@pytest.mark.parametrize("hard_errors", [True, False])
+def test_error_rates_that_follow_image_difficulty_get_confidence_strata(hard_errors):
+    """Where vendors err mostly on the images the model is unsure of, a class-conditional model
+    reads those errors as the model's doubt and puts the noisiest vendor far too low; BIC then
+    picks error rates per confidence stratum, which recover every vendor. Where errors are
+    uniform, the extra terms do not pay for themselves and the plain model stays."""
+    probabilities, given, vendor, truth = vendors_by_difficulty(hard_errors)
+    names, labels = [str(c) for c in range(10)], vendor_labels_of(given, vendor)
+    covered = np.ones(len(given), bool)
+    payload = vendor_estimates(
+        probabilities, labels, names, np.zeros(len(given), bool), (probabilities, covered)
+    )
+    assert payload["confidence_strata"] == (3 if hard_errors else 1), payload["noise_model_bic"]
+    for row in payload["vendors"]:
+        assert abs(row["estimated_error_rate"] - truth[row["vendor"]]) < 0.03, row
+    if hard_errors:
+        rows = np.arange(len(given))
+        plain = fit_noise_model(probabilities, rows, vendor, given, payload["sharpness"])
+        wrong = 1.0 - plain.posterior[rows, given]
+        assert truth["poor"] - wrong[vendor == 2].mean() > 0.05
 
 
 def test_overlapping_vendors_are_estimated_from_their_agreement():
@@ -356,6 +406,8 @@ def test_deliveries_embed_only_new_images_and_report_vendors(session_factory, de
     # on them; acme's (the larger share) and the shared image fall back to the audit's.
     assert report["sharpness_fitted"] is True
     assert 0 < report["held_out_share"] < 1
+    assert report["confidence_strata"] in (1, 3)
+    assert set(report["noise_model_bic"]) == {"1", "3"}
     assert [(r["vendor_a"], r["vendor_b"], r["images"]) for r in report["agreement"]] == [
         ("acme", "globex", 1)
     ]

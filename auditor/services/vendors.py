@@ -136,6 +136,8 @@ def vendor_report(
         "sharpness": stored.get("sharpness"),
         "sharpness_fitted": stored.get("sharpness_fitted"),
         "held_out_share": stored.get("held_out_share"),
+        "confidence_strata": stored.get("confidence_strata"),
+        "noise_model_bic": stored.get("noise_model_bic"),
         "items": vendors,
         "batches": batches,
         "classes": [row for row in stored.get("vendor_classes", []) if visible(row)],

@@ -495,7 +495,7 @@ def vendors(
     reviews; per batch and per class in the csv and json forms."""
     from auditor.services import ServiceError
     from auditor.services.vendors import vendor_report
-    from auditor.vendors import vendor_chart, vendor_csv, vendor_json
+    from auditor.vendors import method_line, vendor_chart, vendor_csv, vendor_json
 
     if format not in ("table", "csv", "json", "png"):
         fail("--format must be table, csv, json or png")
@@ -507,7 +507,7 @@ def vendors(
         fail(str(exc))
         raise
     if format == "table":
-        table = Table(title=f"vendors, audit {audit_id}")
+        table = Table(title=f"vendors, audit {audit_id}", caption=method_line(report))
         for column in ("vendor", "images", "estimated", "95% interval", "confirmed"):
             table.add_column(column, justify="left" if column == "vendor" else "right")
         for row in report["items"]:

@@ -21,7 +21,13 @@ from auditor.pipeline.audit import create_audit, run_audit
 from auditor.services.diff import audit_diff
 from auditor.services.reviews import ReviewRequest, review_finding
 from auditor.services.vendors import vendor_report
-from auditor.vendors import VendorLabels, vendor_chart, vendor_csv, vendor_estimates
+from auditor.vendors import (
+    VendorLabels,
+    method_line,
+    vendor_chart,
+    vendor_csv,
+    vendor_estimates,
+)
 from auditor.vendors.estimate import wilson_interval
 
 
@@ -408,6 +414,7 @@ def test_deliveries_embed_only_new_images_and_report_vendors(session_factory, de
     assert 0 < report["held_out_share"] < 1
     assert report["confidence_strata"] in (1, 3)
     assert set(report["noise_model_bic"]) == {"1", "3"}
+    assert method_line(report).startswith(f"{report['held_out_share']:.0%} of labels judged by")
     assert [(r["vendor_a"], r["vendor_b"], r["images"]) for r in report["agreement"]] == [
         ("acme", "globex", 1)
     ]

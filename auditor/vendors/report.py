@@ -44,6 +44,22 @@ def vendor_csv(report: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def method_line(report: dict[str, Any]) -> str:
+    """How the estimates were made, in a line a reader of the table can check them against."""
+    if report.get("sharpness") is None:
+        return "no vendor estimates in this audit"
+    share = report.get("held_out_share") or 0.0
+    judged = f"{share:.0%} of labels judged by models that never saw their vendor"
+    fitted = "fitted by likelihood" if report.get("sharpness_fitted") else "fixed"
+    strata = report.get("confidence_strata") or 1
+    noise = (
+        "class-conditional noise"
+        if strata == 1
+        else f"error rates varying over {strata} strata of model confidence (chosen by BIC)"
+    )
+    return f"{judged}; sharpness {report['sharpness']} ({fitted}); {noise}"
+
+
 def vendor_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, default=str)
 

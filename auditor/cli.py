@@ -507,7 +507,7 @@ def vendors(
         fail(str(exc))
         raise
     if format == "table":
-        table = Table(title=f"vendors, audit {audit_id}", caption=method_line(report))
+        table = Table(title=f"vendors, audit {audit_id}")
         for column in ("vendor", "images", "estimated", "95% interval", "confirmed"):
             table.add_column(column, justify="left" if column == "vendor" else "right")
         for row in report["items"]:
@@ -520,6 +520,7 @@ def vendors(
                 "" if confirmed is None else f"{confirmed:.1%}",
             )
         console.print(table)
+        console.print(method_line(report), style="dim")
         return
     content = {
         "csv": lambda: vendor_csv(report).encode(),

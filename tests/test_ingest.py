@@ -256,8 +256,19 @@ def test_one_class_dataset_and_empty_folder(session_factory, tmp_path):
     assert result.images == 2 and result.findings == {}
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match="no images found"):
+    with pytest.raises(SourceError, match="no images found") as empty:
         ingest(session_factory, "empty", tmp_path / "empty", SETTINGS)
+    assert "top level" not in str(empty.value)
+    # A flat folder of images (a common export) names the layout it lacks and the way out.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(2):
+        (flat / f"{i}.png").write_bytes(encode(noise_image(70 + i), "PNG"))
+    with pytest.raises(SourceError, match=r"2 files at the top level \(such as 0.png\)"):
+        ingest(session_factory, "flat", flat, SETTINGS)
+    manifest = flat / "labels.csv"
+    manifest.write_text("path,label\n0.png,cat\n1.png,dog\n")
+    assert ingest(session_factory, "flat", manifest, SETTINGS).images == 2
     with pytest.raises(SourceError, match="source not found"):
         ingest(session_factory, "nowhere", tmp_path / "nowhere", SETTINGS)
     bad_manifest = tmp_path / "bad.csv"

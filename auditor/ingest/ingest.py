@@ -311,7 +311,7 @@ def ingest(
             entries = apply_labels_file(entries, labels_file)
     planned, duplicate_rows = plan_entries(entries)
     if not planned:
-        raise SourceError(f"no images found in {source_uri}")
+        raise SourceError(f"no images found in {source_uri}{source.why_empty()}")
     hierarchy = read_hierarchy(hierarchy_file, taxonomy, planned)
 
     with factory() as session, session.begin():

@@ -75,6 +75,10 @@ class Source:
     def entries(self) -> Iterator[SourceEntry]:
         raise NotImplementedError
 
+    def why_empty(self) -> str:
+        """What to tell a user whose source listed no images, beyond that it listed none."""
+        return ""
+
     def stamp(self, path: str) -> str | None:
         """A cheap fingerprint (size and mtime or CRC); None if the file is not there."""
         raise NotImplementedError
@@ -152,6 +156,21 @@ class FolderSource(DirectorySource):
 
     def __init__(self, root: Path) -> None:
         super().__init__(str(root), root)
+
+    def why_empty(self) -> str:
+        """A flat folder of images is the usual mistake: its files have no class folder."""
+        top_level = [
+            entry.name
+            for entry in os.scandir(self.root)
+            if entry.is_file() and not entry.name.startswith(".")
+        ]
+        if not top_level:
+            return ""
+        return (
+            f": a folder is read as one subfolder per class (<class>/<image>), and its "
+            f"{len(top_level)} files at the top level (such as {sorted(top_level)[0]}) belong to "
+            "none; for a flat folder, pass a CSV manifest with path,label columns as the source"
+        )
 
     def entries(self) -> Iterator[SourceEntry]:
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):

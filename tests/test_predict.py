@@ -19,7 +19,7 @@ from auditor.predict import (
 from auditor.predict.cnn import _augment
 from auditor.predict.heads import fold_assignment
 from auditor.predict.patch_features import patch_features
-from auditor.predict.strategies import stacking_weight
+from auditor.predict.strategies import PATCH_MLP_FROM, patch_head, stacking_weight
 
 
 def digit_images(n: int, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -64,13 +64,14 @@ def test_own_label_does_not_leak_into_its_prediction(head):
     assert (probabilities.argmax(1) == random_labels).mean() < 0.2
 
 
-def test_flipped_labels_get_low_given_label_probability():
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_flipped_labels_get_low_given_label_probability(head):
     features, labels = digit_features()
     rng = np.random.default_rng(1)
     flipped = rng.choice(len(labels), 100, replace=False)
     noisy = labels.copy()
     noisy[flipped] = (labels[flipped] + rng.integers(1, 10, len(flipped))) % 10
-    probabilities = kfold_head_probabilities(features, noisy, 10)
+    probabilities = kfold_head_probabilities(features, noisy, 10, head=head)
     given = probabilities[np.arange(len(noisy)), noisy]
     kept = np.setdiff1d(np.arange(len(noisy)), flipped)
     assert np.median(given[flipped]) < 0.1
@@ -91,6 +92,11 @@ def test_classes_smaller_than_folds_warn_and_get_zero_own_probability():
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-9)
     assert probabilities[singleton, 9] == 0.0  # no other example to learn the class from
     assert (probabilities[:, 10] == 0).all()  # a class nobody carries
+
+
+def test_patch_heads_get_a_hidden_layer_only_with_enough_images():
+    assert patch_head(PATCH_MLP_FROM - 1) == "linear"
+    assert patch_head(PATCH_MLP_FROM) == "mlp"
 
 
 def test_every_class_tiny_falls_back_to_plain_folds():

@@ -83,21 +83,30 @@ def _fit_predict_mlp(
     test_x: np.ndarray,
     n_classes: int,
     seed: int,
-    hidden: int = 256,
-    epochs: int = 40,
+    hidden: int = 512,
+    epochs: int = 20,
+    batch: int = 256,
 ) -> np.ndarray:
+    """One hidden layer, regularised for noisy labels: dropout on the input and the hidden layer,
+    strong weight decay, a one-cycle learning rate and few epochs, so the head learns the classes
+    before it can learn individual wrong labels. On patch features of 10,000 CIFAR-10N images it
+    beat the linear head on every label set at less CPU time (bench/results/predict.md)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = torch.nn.Sequential(
+        torch.nn.Dropout(0.2),
         torch.nn.Linear(train_x.shape[1], hidden),
         torch.nn.ReLU(),
-        torch.nn.Dropout(0.3),
+        torch.nn.Dropout(0.5),
         torch.nn.Linear(hidden, n_classes),
     )
-    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=5e-2)
+    steps_per_epoch = -(-len(train_x) // batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=1e-3, total_steps=epochs * steps_per_epoch
+    )
     x = torch.from_numpy(train_x.astype(np.float32))
     y = torch.from_numpy(train_y)
-    batch = 256
     head.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
@@ -107,6 +116,7 @@ def _fit_predict_mlp(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            schedule.step()
     head.eval()
     with torch.inference_mode():
         return torch.softmax(head(torch.from_numpy(test_x.astype(np.float32))), 1).numpy()

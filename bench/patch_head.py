@@ -19,9 +19,16 @@ from cleanlab.filter import find_label_issues
 
 from auditor.predict.heads import HeadKind, kfold_head_probabilities
 from auditor.predict.patch_features import patch_features
-from auditor.predict.strategies import PATCH_REGULARISATION, stacking_weight
+from auditor.predict.strategies import PATCH_REGULARISATION
 from bench import cifar
-from bench.quality import cached_out_of_sample, our_mislabel, scores
+from bench.quality import (
+    cached_out_of_sample,
+    noisy_labels,
+    our_mislabel,
+    scores,
+    stacked_with_cnn,
+    subset_heading,
+)
 from bench.report import write_results
 
 HEADS: tuple[HeadKind, ...] = ("linear", "mlp")
@@ -54,20 +61,21 @@ def main() -> None:
     encoded = cached_patch_features(args.start, args.n)
     clean = cifar.load_labels()["clean"][rows]
     lines = [
-        f"### Patch heads: linear and one hidden layer (`python -m bench.patch_head --n {args.n}"
-        f"{f' --start {args.start}' if args.start else ''}`)",
-        "",
-        f"Images {args.start} to {args.start + args.n - 1}; the same mirror-invariant patch "
-        "features for both heads, 4 folds; F1 and AUROC against `noisy != clean`; CPU-minutes of "
-        "the heads alone.",
+        *subset_heading(
+            "Patch heads: linear and one hidden layer",
+            "patch_head",
+            args.n,
+            args.start,
+            "the same mirror-invariant patch features for both heads, 4 folds; F1 and AUROC "
+            "against `noisy != clean`; CPU-minutes of the heads alone.",
+        ),
         "",
         "| labels | head | CPU-min | acc vs clean | cleanlab F1 alone | AUROC alone "
         "| weight | cleanlab F1 mixed | ours mixed | margin |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for column in args.labels:
-        labels = cifar.load_labels()[column][rows]
-        truth = labels != clean
+        labels, truth = noisy_labels(column, rows, clean)
         cnn = cached_out_of_sample(column, args.n, "cnn_crossfit", args.start)
         for head in HEADS:
             started = time.process_time()
@@ -76,8 +84,7 @@ def main() -> None:
             )
             minutes = (time.process_time() - started) / 60
             alone_row = cleanlab_scores(alone, labels, truth)
-            weight = stacking_weight(alone, cnn["probabilities"], labels)
-            mixed = weight * alone + (1 - weight) * cnn["probabilities"]
+            weight, mixed = stacked_with_cnn(alone, cnn, labels)
             theirs = cleanlab_scores(mixed, labels, truth)
             ours = our_mislabel(mixed, cnn["pool"], labels)
             ours_row = scores(ours["flagged"], ours["ranking"], truth)

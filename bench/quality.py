@@ -108,6 +108,30 @@ def datalab_features_only(pool: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def subset_heading(title: str, module: str, n: int, start: int, description: str) -> list[str]:
+    """A results file's heading with its command, and a line naming the images and the method."""
+    option = f" --start {start}" if start else ""
+    return [
+        f"### {title} (`python -m bench.{module} --n {n}{option}`)",
+        "",
+        f"Images {start} to {start + n - 1}; {description}",
+    ]
+
+
+def noisy_labels(column: str, rows: slice, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The column's labels for `rows` and which of them are wrong."""
+    labels = cifar.load_labels()[column][rows]
+    return labels, labels != clean
+
+
+def stacked_with_cnn(
+    patch: np.ndarray, cnn: dict[str, np.ndarray], labels: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """The pipeline's `patch_cnn` mixture of patch-head and cross-fitted CNN probabilities."""
+    weight = stacking_weight(patch, cnn["probabilities"], labels)
+    return weight, weight * patch + (1 - weight) * cnn["probabilities"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=10000)
@@ -121,25 +145,26 @@ def main() -> None:
     rows = slice(args.start, args.start + args.n)
     clean = cifar.load_labels()["clean"][rows]
     lines = [
-        f"### Mislabel quality on CIFAR-10N (`python -m bench.quality --n {args.n}"
-        f"{f' --start {args.start}' if args.start else ''}`)",
-        "",
-        f"Images {args.start} to {args.start + args.n - 1}; probabilities from the pipeline's `{TRAINED_STRATEGY}` "
-        "(`patch_heads` and `cnn_crossfit` mixed by a stacking weight); machine: "
-        f"{platform.machine()}, 2 cores (shared). Truth: noisy label != clean.",
+        *subset_heading(
+            "Mislabel quality on CIFAR-10N",
+            "quality",
+            args.n,
+            args.start,
+            f"probabilities from the pipeline's `{TRAINED_STRATEGY}` "
+            "(`patch_heads` and `cnn_crossfit` mixed by a stacking weight); machine: "
+            f"{platform.machine()}, 2 cores (shared). Truth: noisy label != clean.",
+        ),
         "",
         "| labels | noise | method | flagged | precision | recall | F1 | AUROC |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for column in args.labels:
-        labels = cifar.load_labels()[column][rows]
-        truth = labels != clean
+        labels, truth = noisy_labels(column, rows, clean)
         # The pipeline's `patch_cnn` is the stacked mixture of these two; computed apart to show
         # each.
         patch = cached_out_of_sample(column, args.n, "patch_heads", args.start)
         cnn = cached_out_of_sample(column, args.n, "cnn_crossfit", args.start)
-        weight = stacking_weight(patch["probabilities"], cnn["probabilities"], labels)
-        probabilities = weight * patch["probabilities"] + (1 - weight) * cnn["probabilities"]
+        weight, probabilities = stacked_with_cnn(patch["probabilities"], cnn, labels)
         pool = cnn["pool"]
         cpu_minutes = float(patch["cpu_minutes"] + cnn["cpu_minutes"])
         for name, part in (("patch_heads", patch), ("cnn_crossfit", cnn)):

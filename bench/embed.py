@@ -64,6 +64,7 @@ class Row:
     model_only: float
     end_to_end: float
     ratio: float
+    ratio_quartiles: tuple[float, float]
 
 
 def write_jpegs(root: Path, count: int, side: int = 32) -> None:
@@ -137,7 +138,7 @@ def end_to_end_rate(
 
 def run_case(case: Case, batch_size: int, repeats: int, device: torch.device) -> list[Row]:
     """Medians over `repeats` sandwiches: model-only, end to end, model-only again. The speed of
-    a shared machine drifts by 15% or more within a minute, so each end-to-end run is compared
+    a shared machine drifts by 15% or more within seconds, so each end-to-end run is compared
     with the model-only runs right around it, and the median of those ratios is reported."""
     backbone = build_backbone(case.architecture, None, resolution=case.resolution, device=device)
     backbone.to(device, upscale_on_device=case.upscale_on_device)
@@ -161,6 +162,7 @@ def run_case(case: Case, batch_size: int, repeats: int, device: torch.device) ->
                 float(np.median(models)),
                 float(np.median(ends)),
                 float(np.median(ratios)),
+                (float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))),
             )
         )
         print(format_row(rows[-1]), flush=True)
@@ -170,7 +172,8 @@ def run_case(case: Case, batch_size: int, repeats: int, device: torch.device) ->
 def format_row(row: Row) -> str:
     return (
         f"| {row.case} | {row.images} | {row.workers} | {row.threads} | {row.model_only:,.0f} "
-        f"| {row.end_to_end:,.0f} | {row.ratio:.2f} |"
+        f"| {row.end_to_end:,.0f} | {row.ratio:.2f} "
+        f"| {row.ratio_quartiles[0]:.2f}-{row.ratio_quartiles[1]:.2f} |"
     )
 
 
@@ -190,7 +193,7 @@ def markdown(rows: list[Row], command: str, batch_size: int, device: torch.devic
             best[row.case] = row
     header = (
         "| case | images | workers | torch threads | model-only img/s | end-to-end img/s "
-        "| ratio |\n|---|---|---|---|---|---|---|"
+        "| ratio | middle half of the ratios |\n|---|---|---|---|---|---|---|---|"
     )
     lines = [
         "# Embedding throughput",
@@ -203,7 +206,8 @@ def markdown(rows: list[Row], command: str, batch_size: int, device: torch.devic
         "End to end = read bytes from the source, SHA-256 check, decode, resize, forward with all "
         "taps, L2-normalise, write the feature cache. Model-only = the same forward on uint8 "
         "batches already in memory, with all cores, timed right before and right after each "
-        "end-to-end run; the ratio is the median of end to end over the mean of the two.",
+        "end-to-end run; the ratio is the median of end to end over the mean of the two, "
+        "and the middle half spans the 25th to 75th percentile of those ratios.",
         "",
         "Ratios above 1 are an artefact of a shared machine, not a real speed-up: with other jobs "
         "runnable, a 2-thread forward waits at every thread barrier for a descheduled thread, and "
@@ -230,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--large", type=int, default=128, help="images for resnet18 at 224")
     parser.add_argument("--cifar", type=int, default=2000, help="CIFAR-10 images (0 = skip)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5, help="sandwiches per configuration")
+    # Single sandwiches of one configuration ranged 0.77-1.20 in one run: medians of 5 moved by
+    # several points between runs, medians of 11 far less.
+    parser.add_argument("--repeats", type=int, default=11, help="sandwiches per configuration")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -19,16 +19,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from cleanlab.filter import find_label_issues
+from sklearn.metrics import roc_auc_score
 
 from auditor.config import Settings
 from auditor.db import migrate
 from auditor.db.session import make_engine, make_session_factory
 from auditor.embed.extract import resolve_device
 from auditor.ingest.ingest import ingest
+from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.audit import create_audit, run_audit
 from bench import cifar
-from bench.report import flagged_paths, write_results
+from bench.report import flagged_paths, image_paths, write_results
 
 
 def peak_rss_gib() -> float:
@@ -45,6 +49,35 @@ def machine_line(settings: Settings) -> str:
     return f"{platform.machine()}, {cores}, no GPU"
 
 
+def cleanlab_on_audit_probabilities(
+    factory, data_dir: Path, audit_id: int, truth: dict[str, bool], clean: dict[str, str]
+) -> str:
+    """cleanlab's `find_label_issues` on the probabilities the audit's predict stage stored: the
+    default strategy's figures for #3 at this size, and the baseline for the audit's own check."""
+    artifacts = AuditArtifacts(data_dir, audit_id)
+    frozen, predicted = artifacts.load_arrays("ingest"), artifacts.load_arrays("predict")
+    with factory() as session:
+        paths = image_paths(session, frozen["image_ids"])
+    classes = [str(name) for name in frozen["class_names"]]
+    ok = predicted["ok"].astype(bool)
+    labels, probabilities = frozen["labels"][ok], predicted["probabilities"][ok]
+    wrong = np.array([truth[p] for p, kept in zip(paths, ok, strict=True) if kept])
+    true_class = np.array(
+        [classes.index(clean[p]) for p, kept in zip(paths, ok, strict=True) if kept]
+    )
+    issues = find_label_issues(labels, probabilities)
+    hits = int((issues & wrong).sum())
+    precision, recall = hits / max(1, int(issues.sum())), hits / max(1, int(wrong.sum()))
+    f1 = 2 * precision * recall / max(1e-9, precision + recall)
+    auroc = roc_auc_score(wrong, 1.0 - probabilities[np.arange(len(labels)), labels])
+    accuracy = float((probabilities.argmax(axis=1) == true_class).mean())
+    return (
+        f"cleanlab's `find_label_issues` on the audit's probabilities: precision {precision:.3f}, "
+        f"recall {recall:.3f}, F1 {f1:.3f}, AUROC of self-confidence {auroc:.3f}; their accuracy "
+        f"against `clean` {accuracy:.3f}."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--labels", default="worse")
@@ -56,13 +89,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         labels_file = workdir / "labels.csv"
-        truth = {}
+        truth, clean = {}, {}
         with (cifar.DATA_DIR / "cifar10n-labels.csv").open() as src, labels_file.open("w") as dst:
             writer = csv.writer(dst)
             writer.writerow(["path", "label"])
             for row in sorted(csv.DictReader(src), key=lambda r: r["image"])[: args.n]:
                 writer.writerow([row["image"], row[args.labels]])
                 truth[row["image"]] = row[args.labels] != row["clean"]
+                clean[row["image"]] = row["clean"]
         settings = Settings(database_url=f"sqlite:///{workdir / 'audit.db'}", data_dir=workdir)
         migrate.upgrade(settings.database_url)
         factory = make_session_factory(make_engine(settings.database_url))
@@ -78,6 +112,7 @@ def main() -> None:
             raise SystemExit(f"audit {audit_id} {audit.status}: {audit.error}")
         with factory() as session:
             flagged = flagged_paths(session, audit_id, "mislabel")
+        baseline = cleanlab_on_audit_probabilities(factory, workdir, audit_id, truth, clean)
     wrong = {path for path, is_wrong in truth.items() if is_wrong}
     precision = len(flagged & wrong) / max(1, len(flagged))
     recall = len(flagged & wrong) / max(1, len(wrong))
@@ -100,6 +135,7 @@ def main() -> None:
         f"Findings: {audit.summary['findings']}.",
         f"Mislabel findings against `{args.labels} != clean`: precision {precision:.3f}, "
         f"recall {recall:.3f}, F1 {f1:.3f}; health score {audit.summary['health_score']:.3f}.",
+        baseline,
     ]
     write_results(f"audit-{args.labels}-{args.n}.md", lines)
 

@@ -30,6 +30,7 @@ from cleanlab.filter import find_label_issues
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 from auditor.predict import TrainConfig, out_of_sample_probabilities
+from auditor.predict.strategies import patch_head
 from bench import cifar
 
 RESULTS_LOG = cifar.CACHE_DIR / "predict-results.jsonl"
@@ -68,6 +69,16 @@ def device_name(device: str) -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
+def head_description(strategy: str, cnn_head: str, rows: int) -> str:
+    """The heads that ran: `--head` sets the CNN strategies' head, while the patch heads'
+    kind follows the number of labeled images."""
+    if strategy == "patch_heads":
+        return patch_head(rows)
+    if strategy == "patch_cnn":
+        return f"{cnn_head}, patch heads {patch_head(rows)}"
+    return cnn_head
+
+
 def run(args: argparse.Namespace) -> None:
     images = cifar.load_images()
     columns = cifar.load_labels()
@@ -95,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
                 "folds": args.folds,
                 "epochs": args.epochs,
                 "width": args.width,
-                "head": args.head,
+                "head": head_description(strategy, args.head, len(rows)),
                 "seed": args.seed,
                 "device": device_name(args.device),
                 "wall_minutes": (time.perf_counter() - wall) / 60,

@@ -3,6 +3,7 @@ what they read back from an audit to score it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -21,6 +22,13 @@ def write_results(name: str, lines: list[str]) -> Path:
     target.write_text(text)
     print(text)
     return target
+
+
+def image_paths(session: Session, image_ids: Iterable[int]) -> list[str]:
+    """The paths of `image_ids`, in their order."""
+    ids = [int(i) for i in image_ids]
+    path_of = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_(ids))).all())
+    return [path_of[i] for i in ids]
 
 
 def flagged_paths(session: Session, audit_id: int, kind: str) -> set[str]:

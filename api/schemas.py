@@ -237,6 +237,14 @@ class VendorsOut(Out):
     held_out_share: float | None = Field(
         None, description="Share of vendor labels judged by a model that never saw their vendor"
     )
+    held_out_training_labels: int | None = Field(
+        None,
+        description="The fewest labels any of those models learned from; below 5,000 the "
+        "estimates run together (see `caution`)",
+    )
+    caution: str | None = Field(
+        None, description="Why the estimated rates may be off, when there is a reason"
+    )
     confidence_strata: int | None = Field(
         None,
         description="Strata of the model's confidence across which a vendor's error rate may "

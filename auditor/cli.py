@@ -521,6 +521,8 @@ def vendors(
             )
         console.print(table)
         console.print(method_line(report), style="dim")
+        if report["caution"]:
+            console.print(report["caution"], style="yellow")
         return
     content = {
         "csv": lambda: vendor_csv(report).encode(),

@@ -180,7 +180,8 @@ def main() -> None:
                 f"noise model with {report.get('confidence_strata') or 1} confidence "
                 f"strata (BIC {report.get('noise_model_bic')}); "
                 f"{report['held_out_share']:.0%} of the vendor labels judged by heads that never "
-                "saw their vendor.",
+                f"saw their vendor, fitted on at least {report['held_out_training_labels']} labels"
+                f"{'; caution shown' if report['caution'] else ''}.",
                 "",
                 *batch_table(report, delivered, truth),
             ]

@@ -23,12 +23,13 @@ from auditor.services.reviews import ReviewRequest, review_finding
 from auditor.services.vendors import vendor_report
 from auditor.vendors import (
     VendorLabels,
+    caution,
     method_line,
     vendor_chart,
     vendor_csv,
     vendor_estimates,
 )
-from auditor.vendors.estimate import wilson_interval
+from auditor.vendors.estimate import held_out_training_labels, wilson_interval
 
 
 def synthetic_vendors(seed: int = 0, n: int = 6000, rates=(0.05, 0.15, 0.35)):
@@ -186,6 +187,53 @@ def test_overlapping_vendors_are_estimated_from_their_agreement():
     assert set(agreement) == {("a", "b"), ("a", "c"), ("b", "c")}
     assert all(r["images"] == n for r in agreement.values())
     assert agreement[("a", "b")]["agreement"] > agreement[("b", "c")]["agreement"]
+
+
+@pytest.mark.parametrize(("n", "learned_from"), [(1500, 1000), (9000, 6000)])
+def test_estimates_from_models_that_learned_from_few_labels_carry_a_caution(n, learned_from):
+    """Each vendor's labels are judged by a head fitted on the other two vendors' rows, so it
+    learned from two thirds of them; under 5,000 labels the report says the rates run together."""
+    probabilities, given, _, vendor, _ = synthetic_vendors(n=n)
+    names = [str(c) for c in range(10)]
+    covered = np.ones(n, bool)
+    report = vendor_estimates(
+        probabilities,
+        vendor_labels_of(given, vendor),
+        names,
+        np.zeros(n, bool),
+        held_out=(probabilities, covered),
+    )
+    assert report["held_out_training_labels"] == learned_from
+    warning = caution(report)
+    if learned_from < 5000:
+        assert warning is not None and f"only {learned_from:,} labels" in warning
+    else:
+        assert warning is None
+    without_held_out = vendor_estimates(
+        probabilities, vendor_labels_of(given, vendor), names, np.zeros(n, bool)
+    )
+    assert without_held_out["held_out_training_labels"] is None
+    assert caution(without_held_out) is None
+
+
+def test_held_out_training_labels_exclude_every_vendor_of_a_shared_image():
+    """An image labeled by two vendors is judged by a head that saw neither, which learned from
+    fewer rows than either vendor's own head."""
+    vendors = ["a", "b", "a", "b", "c", "c"]
+    labels = VendorLabels(
+        rows=np.array([0, 0, 1, 2, 3, 4]),
+        classes=np.zeros(6, dtype=np.int64),
+        vendors=vendors,
+        batches=["x"] * 6,
+        batch_ids=[None] * 6,
+    )
+    index = np.array([sorted(set(vendors)).index(v) for v in vendors])
+    covered = np.ones(8, bool)
+    # Rows: 0 a+b, 1 a, 2 b, 3-4 c, 5-7 no vendor; the a+b head learned from rows 3-7, every
+    # other head from six rows.
+    assert held_out_training_labels(8, labels, index, covered) == 5
+    covered[0] = False
+    assert held_out_training_labels(8, labels, index, covered) == 6
 
 
 def test_wilson_interval_bounds():
@@ -408,13 +456,17 @@ def test_deliveries_embed_only_new_images_and_report_vendors(session_factory, de
         ("globex", "week2"),
     }
     assert [row["vendor"] for row in only_globex["items"]] == ["globex"]
-    # globex's own images are judged by heads fitted on acme's alone, and the sharpness is fitted
-    # on them; acme's (the larger share) and the shared image fall back to the audit's.
+    # acme's own images are judged by a head fitted on globex's alone, and the sharpness is
+    # fitted on them; globex's (the larger share, too few left to fit on) and the shared image
+    # fall back to the audit's.
     assert report["sharpness_fitted"] is True
     assert 0 < report["held_out_share"] < 1
     assert report["confidence_strata"] in (1, 3)
     assert set(report["noise_model_bic"]) == {"1", "3"}
     assert method_line(report).startswith(f"{report['held_out_share']:.0%} of labels judged by")
+    # That head learned from globex's images alone, far too few for firm rates.
+    assert report["held_out_training_labels"] == new_images
+    assert report["caution"] and f"only {new_images:,} labels" in report["caution"]
     assert [(r["vendor_a"], r["vendor_b"], r["images"]) for r in report["agreement"]] == [
         ("acme", "globex", 1)
     ]

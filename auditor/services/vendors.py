@@ -22,6 +22,7 @@ from auditor.db.models import (
 )
 from auditor.db.queries import NON_VENDOR_SOURCES
 from auditor.services.audits import get_audit
+from auditor.vendors import caution
 
 CONFIRMED = (ReviewStatus.CONFIRMED, ReviewStatus.RELABELED)
 REVIEWED = (*CONFIRMED, ReviewStatus.DISMISSED)
@@ -136,6 +137,8 @@ def vendor_report(
         "sharpness": stored.get("sharpness"),
         "sharpness_fitted": stored.get("sharpness_fitted"),
         "held_out_share": stored.get("held_out_share"),
+        "held_out_training_labels": stored.get("held_out_training_labels"),
+        "caution": caution(stored),
         "confidence_strata": stored.get("confidence_strata"),
         "noise_model_bic": stored.get("noise_model_bic"),
         "items": vendors,

@@ -38,6 +38,11 @@ import numpy as np
 from auditor.noise import confidence_strata, fit_noise_model, select_noise_model
 
 WILSON_Z = 1.959964  # 95 %
+# Held-out heads that learned from fewer labels than this ran the vendors' estimates together on
+# CIFAR-10N: heads fitted on 1,000 labels put three vendors at 29 / 31 / 43 % against a true
+# 11 / 18 / 42 % (ranking still right), heads fitted on 5,000 were within 2.5 pp of each truth
+# (bench/results/vendors-15000.md, round 1).
+WEAK_PRIOR_LABELS = 5_000
 # Without held-out probabilities: chosen on round 1 of bench/vendors.py (7,500 CIFAR-10N images).
 SHARPNESS = 2.0
 
@@ -99,6 +104,21 @@ def agreement_rows(labels: VendorLabels) -> list[dict[str, Any]]:
     ]
 
 
+def held_out_training_labels(
+    n_rows: int, labels: VendorLabels, vendor_index: np.ndarray, covered: np.ndarray
+) -> int | None:
+    """The fewest labels that any held-out head which judged a vendor label learned from, or
+    None when no label was judged by one. A head for a pattern of vendors learns from the rows
+    that share none of them (`auditor.predict.heads.held_out_groups`)."""
+    membership = np.zeros((n_rows, int(vendor_index.max()) + 1), dtype=bool)
+    membership[labels.rows, vendor_index] = True
+    judged = np.unique(labels.rows[covered[labels.rows]])
+    if not len(judged):
+        return None
+    patterns = np.unique(membership[judged], axis=0)
+    return int(min((~membership[:, pattern].any(axis=1)).sum() for pattern in patterns))
+
+
 def grouped(keys: Iterable[tuple], indices: Iterable[int]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for key, index in zip(keys, indices, strict=True):
@@ -128,6 +148,11 @@ def vendor_estimates(
         covered = np.asarray(held_out[1], dtype=bool)
         prior = np.where(covered[:, None], held_out[0], probabilities)
     independent = covered[rows]
+    training_labels = (
+        held_out_training_labels(len(probabilities), labels, vendor_index, covered)
+        if len(labels.rows)
+        else None
+    )
     fitted = sharpness is None and bool(independent.any())
     strata_count, bic = 1, None
     if fitted:
@@ -161,6 +186,7 @@ def vendor_estimates(
         "confidence_strata": strata_count,
         "noise_model_bic": None if bic is None else {str(k): round(v, 1) for k, v in bic.items()},
         "held_out_share": round(float(independent.mean()) if len(independent) else 0.0, 4),
+        "held_out_training_labels": training_labels,
         "vendors": rows_for(grouped(((v,) for v in labels.vendors), positions), ("vendor",)),
         "batches": rows_for(
             grouped(zip(labels.vendors, labels.batches, labels.batch_ids, strict=True), positions),

@@ -275,6 +275,7 @@ def test_tables_and_layer_chart(site, page):
     page.goto(f"{site.url}/#/audits/{site.seeded.audit_id}/tables")
     expect(page.locator("#vendors-title + svg circle.estimate")).to_have_count(2)
     expect(page.get_by_role("row", name=re.compile("^acme"))).to_be_visible()
+    expect(page.get_by_role("note")).to_contain_text("Weak estimates: the models that judged")
     expect(page.locator("#classes-title ~ table tbody tr")).to_have_count(10)
     expect(page.locator("polyline.series").first).to_be_attached()
     shot(page, "tables")

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from auditor.db.models import Audit, AuditAnalysis, AuditStatus, Finding, utcnow
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.stages import hierarchy_analyses
-from auditor.vendors.analysis import vendor_analysis
+from auditor.vendors.analysis import vendor_analysis, vendor_membership
 from tests.test_api import Seeded
 
 # Digits that look alike; the model confuses classes inside a group, never across.
@@ -58,8 +58,18 @@ def add_structure(seeded: Seeded) -> None:
         session.execute(delete(AuditAnalysis).where(AuditAnalysis.audit_id == seeded.audit_id))
         for name, payload in analyses.items():
             session.add(AuditAnalysis(audit_id=seeded.audit_id, name=name, payload=payload))
+        # The first vendor's labels judged by a stand-in for a head that never saw that vendor:
+        # a head that learned from this few labels makes the page show its caution.
+        membership = vendor_membership(session, seeded.dataset_id, frozen["image_ids"])
+        first_vendor_only = membership[:, 0] & ~membership[:, 1:].any(axis=1)
         vendors = vendor_analysis(
-            session, seeded.dataset_id, seeded.audit_id, frozen["image_ids"], names, probabilities
+            session,
+            seeded.dataset_id,
+            seeded.audit_id,
+            frozen["image_ids"],
+            names,
+            probabilities,
+            held_out=(probabilities, first_vendor_only),
         )
         session.add(AuditAnalysis(audit_id=seeded.audit_id, name="vendors", payload=vendors))
         for finding in session.scalars(select(Finding).where(Finding.audit_id == seeded.audit_id)):

@@ -98,10 +98,10 @@ function vendorTable(vendors) {
     { class: "card", "aria-labelledby": "vendors-title" },
     h("h2", { id: "vendors-title" }, "Vendors"),
     items.length ? vendorChart(items) : h("p", { class: "muted" }, "No vendor labels in this dataset."),
-    items.length && vendors.caution ? h("p", { class: "caution", role: "note" }, vendors.caution) : null,
     items.length
       ? h("p", { class: "vendor-key" }, "● estimated error rate, line: 95 % interval · ◆ confirmed by curators")
       : null,
+    items.length && vendors.caution ? h("p", { class: "caution", role: "note" }, vendors.caution) : null,
     items.length
       ? h(
           "table",

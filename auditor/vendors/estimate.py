@@ -39,9 +39,9 @@ from auditor.noise import confidence_strata, fit_noise_model, select_noise_model
 
 WILSON_Z = 1.959964  # 95 %
 # Held-out heads that learned from fewer labels than this ran the vendors' estimates together on
-# CIFAR-10N: heads fitted on 1,000 labels put three vendors at 29 / 31 / 43 % against a true
-# 11 / 18 / 42 % (ranking still right), heads fitted on 5,000 were within 2.5 pp of each truth
-# (bench/results/vendors-15000.md, round 1).
+# CIFAR-10N (bench/results/vendors-*.md): the cleanest vendor came out +8.1 pp high from heads
+# fitted on 2,000 labels and +5.1 pp from 4,000 (at 1,000, 29 / 31 / 43 % against a true
+# 11 / 18 / 42 %), while from 5,000 every vendor was within 2.5 pp; the ranking held throughout.
 WEAK_PRIOR_LABELS = 5_000
 # Without held-out probabilities: chosen on round 1 of bench/vendors.py (7,500 CIFAR-10N images).
 SHARPNESS = 2.0

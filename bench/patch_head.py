@@ -27,7 +27,9 @@ from bench.quality import (
     our_mislabel,
     scores,
     stacked_with_cnn,
+    subset_arguments,
     subset_heading,
+    subset_rows,
 )
 from bench.report import write_results
 
@@ -51,15 +53,10 @@ def cleanlab_scores(probabilities: np.ndarray, labels: np.ndarray, truth: np.nda
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10000)
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--labels", nargs="+", default=["worse", "aggre", "random1"])
+    subset_arguments(parser)
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
-    rows = slice(args.start, args.start + args.n)
+    rows, clean = subset_rows(args)
     encoded = cached_patch_features(args.start, args.n)
-    clean = cifar.load_labels()["clean"][rows]
     lines = [
         *subset_heading(
             "Patch heads: linear and one hidden layer",

@@ -118,6 +118,24 @@ def subset_heading(title: str, module: str, n: int, start: int, description: str
     ]
 
 
+def subset_arguments(parser: argparse.ArgumentParser) -> None:
+    """--n, --start and --labels: which CIFAR-10N images and label columns a run scores."""
+    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument(
+        "--start", type=int, default=0, help="first image (10000: a disjoint check subset)"
+    )
+    parser.add_argument("--labels", nargs="+", default=["worse", "aggre", "random1"])
+
+
+def subset_rows(args: argparse.Namespace) -> tuple[slice, np.ndarray]:
+    """The subset's rows and their clean labels; stops when CIFAR-10N is not beside the
+    repository."""
+    if not cifar.available():
+        raise SystemExit("CIFAR-10N not found beside the repository")
+    rows = slice(args.start, args.start + args.n)
+    return rows, cifar.load_labels()["clean"][rows]
+
+
 def noisy_labels(column: str, rows: slice, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The column's labels for `rows` and which of them are wrong."""
     labels = cifar.load_labels()[column][rows]
@@ -134,16 +152,9 @@ def stacked_with_cnn(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=10000)
-    parser.add_argument("--labels", nargs="+", default=["worse", "aggre", "random1"])
-    parser.add_argument(
-        "--start", type=int, default=0, help="first image (10000: a disjoint check subset)"
-    )
+    subset_arguments(parser)
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
-    rows = slice(args.start, args.start + args.n)
-    clean = cifar.load_labels()["clean"][rows]
+    rows, clean = subset_rows(args)
     lines = [
         *subset_heading(
             "Mislabel quality on CIFAR-10N",

@@ -20,6 +20,11 @@ def _normalise_patches(patches: torch.Tensor) -> torch.Tensor:
     return patches / torch.sqrt(patches.var(dim=1, keepdim=True) + 10.0)
 
 
+# Floats in one batch's distance block: a few MB stays in a CPU's cache, a GPU wants work in bulk.
+CPU_BLOCK_FLOATS = 1 << 21
+GPU_BLOCK_FLOATS = 1 << 27
+
+
 class PatchKMeans:
     """Whitened k-means dictionary and the triangle-activation, quadrant-pooled encoder."""
 
@@ -42,17 +47,17 @@ class PatchKMeans:
         self, images: np.ndarray, n_patches: int = 100_000, iterations: int = 15
     ) -> PatchKMeans:
         generator = torch.Generator().manual_seed(self.seed)
-        data = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-        n, _, h, w = data.shape
+        pixels = torch.from_numpy(images)
+        n, h, w, _ = pixels.shape
         p = self.patch
         n_patches = min(n_patches, 50 * n)  # beyond this a small set only repeats its patches
         which = torch.randint(0, n, (n_patches,), generator=generator)
         ys = torch.randint(0, h - p + 1, (n_patches,), generator=generator)
         xs = torch.randint(0, w - p + 1, (n_patches,), generator=generator)
-        patches = torch.stack(
-            [data[i, :, y : y + p, x : x + p] for i, y, x in zip(which, ys, xs, strict=True)]
-        ).flatten(1)
-        patches = _normalise_patches(patches.to(self.device)).double()
+        offsets = torch.arange(p)
+        rows, columns = (ys[:, None] + offsets)[:, :, None], (xs[:, None] + offsets)[:, None, :]
+        patches = pixels[which[:, None, None], rows, columns].permute(0, 3, 1, 2).flatten(1)
+        patches = _normalise_patches(patches.to(self.device).float()).double()
         self.mean = patches.mean(0)
         centred = patches - self.mean
         eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred / len(centred))
@@ -63,7 +68,9 @@ class PatchKMeans:
         first = torch.randperm(len(whitened), generator=generator)[: self.n_centroids]
         centroids = whitened[first.to(self.device)]
         for _ in range(iterations):
-            assignment = torch.cdist(whitened, centroids).argmin(1)
+            # The nearest centre by |c|^2 - 2 x.c: one matrix product, the |x|^2 term is common.
+            nearness = torch.addmm((centroids**2).sum(1), whitened, centroids.T, alpha=-2)
+            assignment = nearness.argmin(1)
             sums = torch.zeros_like(centroids).index_add_(0, assignment, whitened)
             counts = torch.bincount(assignment, minlength=self.n_centroids).float()[:, None]
             # An empty cluster keeps its old centre rather than collapsing to the origin.
@@ -71,30 +78,41 @@ class PatchKMeans:
         self.centroids = centroids
         return self
 
-    def transform(self, images: np.ndarray, batch_size: int = 200) -> np.ndarray:
-        """(n, 4 * centroids) float32: triangle activations summed over the image's quadrants."""
+    def transform(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """(n, 4 * centroids) float32: triangle activations summed over the image's quadrants.
+
+        The distance block (patches x centroids) is the cost, and it is memory-bound: on the CPU
+        a batch whose block fits in cache encodes about 4 times faster than 200 images at once
+        (bench/results/patch-encoding.md); a GPU wants large batches.
+        """
         p = self.patch
-        c_sq = (self.centroids**2).sum(1)
+        h, w = images.shape[1:3]
+        gh, gw = h - p + 1, w - p + 1
+        if batch_size is None:
+            block = GPU_BLOCK_FLOATS if self.device.type == "cuda" else CPU_BLOCK_FLOATS
+            batch_size = max(1, block // (gh * gw * self.n_centroids))
+        squared_norms = (self.centroids**2).sum(1)
+        transposed = self.centroids.T.contiguous()
+        top, left = gh // 2, gw // 2
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device)
                 x = batch.permute(0, 3, 1, 2).float()
-                b, _, h, w = x.shape
-                gh, gw = h - p + 1, w - p + 1
                 patches = nn.functional.unfold(x, p).transpose(1, 2).reshape(-1, 3 * p * p)
                 whitened = (_normalise_patches(patches) - self.mean) @ self.whitening
-                squared = (whitened**2).sum(1, keepdim=True) - 2 * whitened @ self.centroids.T
-                distances = torch.sqrt((squared + c_sq).clamp(min=0))
-                active = (distances.mean(1, keepdim=True) - distances).clamp(min=0)
-                grid = active.reshape(b, gh, gw, -1)
-                top, left = gh // 2, gw // 2
-                quadrants = [
+                offset = squared_norms + (whitened**2).sum(1, keepdim=True)
+                distances = torch.addmm(offset, whitened, transposed, alpha=-2)
+                distances.clamp_(min=0).sqrt_()
+                mean = distances.mean(1, keepdim=True)
+                active = distances.neg_().add_(mean).clamp_(min=0)
+                grid = active.reshape(len(batch), gh, gw, -1)
+                quadrants = (
                     grid[:, :top, :left],
                     grid[:, :top, left:],
                     grid[:, top:, :left],
                     grid[:, top:, left:],
-                ]
+                )
                 out.append(torch.cat([q.sum(dim=(1, 2)) for q in quadrants], 1).cpu())
         return torch.cat(out).numpy()
 

@@ -1,9 +1,11 @@
 """A full audit of CIFAR-10N end to end: ingest the zip in place, embed, predict, index, hierarchy,
 checks, summary; wall time per stage, peak memory, and what the findings are worth.
 
-    python -m bench.audit [--labels worse] [--n 50000] [--backbone trained]
+    python -m bench.audit [--labels worse] [--n 50000] [--backbone trained] [--keep DIR]
 
-Runs in one process on a fresh SQLite file in a temporary folder, as `auditor run` does. With
+Runs in one process on a fresh SQLite file in a temporary folder, as `auditor run` does; `--keep`
+puts the SQLite file and the audit's stored arrays (probabilities, features) in a new folder that
+stays, so the figures can be explored afterwards without a rerun. With
 `--n` below 50,000 only the first n images carry labels (the rest are ingested but not audited).
 Results go to bench/results/audit-<labels>-<n>.md.
 """
@@ -11,6 +13,7 @@ Results go to bench/results/audit-<labels>-<n>.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import platform
@@ -78,15 +81,26 @@ def cleanlab_on_audit_probabilities(
     )
 
 
+def work_folder(keep: Path | None) -> contextlib.AbstractContextManager[str]:
+    """A temporary folder, or `keep` made anew (an old audit's files there would mix in)."""
+    if keep is None:
+        return tempfile.TemporaryDirectory()
+    if keep.exists() and any(keep.iterdir()):
+        raise SystemExit(f"{keep} is not empty; --keep needs a new or empty folder")
+    keep.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(keep))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--labels", default="worse")
     parser.add_argument("--n", type=int, default=50000)
     parser.add_argument("--backbone", default="trained")
+    parser.add_argument("--keep", type=Path, help="a new folder to keep the audit's files in")
     args = parser.parse_args()
     if not cifar.available():
         raise SystemExit("CIFAR-10N not found beside the repository")
-    with tempfile.TemporaryDirectory() as tmp:
+    with work_folder(args.keep) as tmp:
         workdir = Path(tmp)
         labels_file = workdir / "labels.csv"
         truth, clean = {}, {}

@@ -52,7 +52,7 @@ function classTable(classes) {
             h("th", { scope: "row" }, row.class),
             h("td", { class: "num" }, row.images),
             hasNoise
-              ? h("td", {}, bar(row.estimated_noise_rate ?? 0, `${percent(row.estimated_noise_rate)} noise`), ` ${percent(row.estimated_noise_rate)}`)
+              ? h("td", { class: "noise" }, bar(row.estimated_noise_rate ?? 0, `${percent(row.estimated_noise_rate)} noise`), ` ${percent(row.estimated_noise_rate)}`)
               : null,
             h("td", {}, (row.top_confusions ?? []).map((c) => `${c.class} ${percent(c.share, 0)}`).join(", ") || "–"),
           ),

@@ -64,6 +64,23 @@ def test_own_label_does_not_leak_into_its_prediction(head):
     assert (probabilities.argmax(1) == random_labels).mean() < 0.2
 
 
+def test_repeated_cross_fitting_averages_out_of_sample_splits():
+    """Two repeats are the mean of the cross-fittings with seeds 0 and 1, and the mean still
+    never saw a row's own label (the fingerprint test above, with repeats)."""
+    features, labels = digit_features()
+    single = [kfold_head_probabilities(features, labels, 10, seed=seed) for seed in (0, 1)]
+    assert np.abs(single[0] - single[1]).max() > 1e-3  # the splits really differ
+    repeated = kfold_head_probabilities(features, labels, 10, seed=0, repeats=2)
+    np.testing.assert_allclose(repeated, (single[0] + single[1]) / 2, atol=1e-9)
+
+    n = 240
+    random_labels = np.random.default_rng(0).integers(0, 10, n)
+    probabilities = kfold_head_probabilities(np.eye(n), random_labels, 10, repeats=2)
+    assert (probabilities.argmax(1) == random_labels).mean() < 0.2
+    with pytest.raises(ValueError, match="repeats"):
+        kfold_head_probabilities(features, labels, 10, repeats=0)
+
+
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_flipped_labels_get_low_given_label_probability(head):
     features, labels = digit_features()

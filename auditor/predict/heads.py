@@ -131,27 +131,41 @@ def kfold_head_probabilities(
     seed: int = 0,
     head: HeadKind = "linear",
     regularisation: float = 0.1,
+    repeats: int = 1,
 ) -> np.ndarray:
     """Out-of-sample probabilities (n, n_classes): one head per fold, each predicting only the
     rows it was not fitted on.
 
     `regularisation` is the inverse L2 strength of the linear head; the default is strong because
-    noisy labels reward a head that cannot bend towards individual rows.
+    noisy labels reward a head that cannot bend towards individual rows. `repeats` > 1 averages
+    that many cross-fittings, each with its own fold split and initialisation (seeds `seed`,
+    `seed + 1`, ...): every one is out-of-sample, so their mean is too, and it carries less of
+    the luck of one split.
     """
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if features.ndim != 2 or len(features) != len(labels):
         raise ValueError("features must be (n, d) with one label per row")
     if labels.min() < 0 or labels.max() >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes})")
-    fold_of = fold_assignment(labels, folds, seed)
     probabilities = np.zeros((len(labels), n_classes))
-    for fold in range(folds):
-        held_out = fold_of == fold
-        probabilities[held_out] = _held_out_probabilities(
-            features, labels, ~held_out, held_out, n_classes, head, regularisation, seed + fold
-        )
-    return probabilities
+    for repeat_seed in range(seed, seed + repeats):
+        fold_of = fold_assignment(labels, folds, repeat_seed)
+        for fold in range(folds):
+            held_out = fold_of == fold
+            probabilities[held_out] += _held_out_probabilities(
+                features,
+                labels,
+                ~held_out,
+                held_out,
+                n_classes,
+                head,
+                regularisation,
+                repeat_seed + fold,
+            )
+    return probabilities / repeats
 
 
 def _held_out_probabilities(

@@ -18,8 +18,20 @@ from auditor.predict import (
 )
 from auditor.predict.cnn import _augment
 from auditor.predict.heads import fold_assignment
-from auditor.predict.patch_features import PatchKMeans, _normalise_patches, patch_features
-from auditor.predict.strategies import PATCH_MLP_FROM, patch_head, stacking_weight
+from auditor.predict.patch_features import (
+    PatchKMeans,
+    _normalise_patches,
+    patch_feature_views,
+    patch_features,
+    shifted,
+)
+from auditor.predict.strategies import (
+    PATCH_MLP_FROM,
+    PATCH_SHIFTS_ROWS,
+    patch_head,
+    patch_shifts,
+    stacking_weight,
+)
 
 
 def digit_images(n: int, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +94,47 @@ def test_repeated_cross_fitting_averages_out_of_sample_splits():
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_augmented_views_stay_in_their_rows_fold(head):
+    """A view identical to its row is the strongest leak a view could carry: were a held-out row's
+    view trained on, the head would have memorised that fingerprint's label (the test above)."""
+    n = 240
+    random_labels = np.random.default_rng(0).integers(0, 10, n)
+    fingerprints = np.eye(n)
+    probabilities = kfold_head_probabilities(
+        fingerprints, random_labels, 10, head=head, views=[fingerprints.copy()]
+    )
+    assert (probabilities.argmax(1) == random_labels).mean() < 0.2
+
+
+def test_views_are_trained_on_and_averaged_over():
+    """A view that moves every row's features changes the result; with views the output is
+    still a probability per row; a view of another shape is refused."""
+    features, labels = digit_features()
+    rng = np.random.default_rng(0)
+    view = features + rng.normal(0, 4.0, features.shape)
+    plain = kfold_head_probabilities(features, labels, 10)
+    viewed = kfold_head_probabilities(features, labels, 10, views=[view])
+    np.testing.assert_allclose(viewed.sum(1), 1.0, atol=1e-9)
+    assert np.abs(viewed - plain).max() > 1e-2
+    assert (viewed.argmax(1) == labels).mean() > 0.9
+    with pytest.raises(ValueError, match="shape"):
+        kfold_head_probabilities(features, labels, 10, views=[features[:, :10]])
+
+
+def test_shifted_copies_move_the_pixels_and_share_one_dictionary():
+    images, _ = digit_images(40)
+    np.testing.assert_array_equal(shifted(images, 0, 0), images)
+    moved = shifted(images, 2, -3)
+    np.testing.assert_array_equal(moved[:, :-2, 3:], images[:, 2:, :-3])
+    with pytest.raises(ValueError, match="padding"):
+        shifted(images, 5, 0)
+    views = patch_feature_views(images, [(2, -3)], centroids=16)
+    np.testing.assert_allclose(views[0], patch_features(images, centroids=16), rtol=1e-6)
+    assert views[1].shape == views[0].shape
+    assert not np.allclose(views[0], views[1], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_flipped_labels_get_low_given_label_probability(head):
     features, labels = digit_features()
     rng = np.random.default_rng(1)
@@ -114,6 +167,13 @@ def test_classes_smaller_than_folds_warn_and_get_zero_own_probability():
 def test_patch_heads_get_a_hidden_layer_only_with_enough_images():
     assert patch_head(PATCH_MLP_FROM - 1) == "linear"
     assert patch_head(PATCH_MLP_FROM) == "mlp"
+
+
+def test_patch_heads_train_on_shifted_copies_only_where_measured():
+    low, high = PATCH_SHIFTS_ROWS
+    assert low == PATCH_MLP_FROM
+    assert patch_shifts(low - 1) == () and patch_shifts(high + 1) == ()
+    assert len(patch_shifts(low)) == 2 and patch_shifts(high) == patch_shifts(low)
 
 
 def test_every_class_tiny_falls_back_to_plain_folds():

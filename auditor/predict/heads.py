@@ -9,6 +9,7 @@ predicts only the fold it was not trained on.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -132,6 +133,7 @@ def kfold_head_probabilities(
     head: HeadKind = "linear",
     regularisation: float = 0.1,
     repeats: int = 1,
+    views: Sequence[np.ndarray] = (),
 ) -> np.ndarray:
     """Out-of-sample probabilities (n, n_classes): one head per fold, each predicting only the
     rows it was not fitted on.
@@ -140,7 +142,10 @@ def kfold_head_probabilities(
     noisy labels reward a head that cannot bend towards individual rows. `repeats` > 1 averages
     that many cross-fittings, each with its own fold split and initialisation (seeds `seed`,
     `seed + 1`, ...): every one is out-of-sample, so their mean is too, and it carries less of
-    the luck of one split.
+    the luck of one split. `views` are other encodings of the same rows (augmented copies, shaped
+    like `features`): a head trains on the views of its training rows too, and a held-out row's
+    probabilities are the mean over its features and its views. A view stays in its row's fold,
+    so it never carries a held-out row's label into training.
     """
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
@@ -148,6 +153,9 @@ def kfold_head_probabilities(
     labels = np.asarray(labels, dtype=np.int64)
     if features.ndim != 2 or len(features) != len(labels):
         raise ValueError("features must be (n, d) with one label per row")
+    encodings = [features] + [np.asarray(view, dtype=np.float64) for view in views]
+    if any(view.shape != features.shape for view in encodings):
+        raise ValueError("every view must have the shape of the features")
     if labels.min() < 0 or labels.max() >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes})")
     probabilities = np.zeros((len(labels), n_classes))
@@ -156,7 +164,7 @@ def kfold_head_probabilities(
         for fold in range(folds):
             held_out = fold_of == fold
             probabilities[held_out] += _held_out_probabilities(
-                features,
+                encodings,
                 labels,
                 ~held_out,
                 held_out,
@@ -169,7 +177,7 @@ def kfold_head_probabilities(
 
 
 def _held_out_probabilities(
-    features: np.ndarray,
+    encodings: Sequence[np.ndarray],
     labels: np.ndarray,
     train: np.ndarray,
     held_out: np.ndarray,
@@ -178,11 +186,16 @@ def _held_out_probabilities(
     regularisation: float,
     seed: int,
 ) -> np.ndarray:
-    """Probabilities of the `held_out` rows from a head fitted on the `train` rows."""
-    train_x, test_x = _standardise(features[train], features[held_out])
-    train_y = labels[train]
+    """Probabilities of the `held_out` rows from a head fitted on the `train` rows, in every
+    encoding of them (the features, then any augmented views), averaged over the encodings."""
+    train_x, test_x = _standardise(
+        np.concatenate([encoding[train] for encoding in encodings]),
+        np.concatenate([encoding[held_out] for encoding in encodings]),
+    )
+    train_y = np.tile(labels[train], len(encodings))
     seen = np.unique(train_y)
-    probabilities = np.zeros((len(test_x), n_classes))
+    rows = int(held_out.sum())
+    probabilities = np.zeros((rows, n_classes))
     if len(seen) == 1:
         probabilities[:, seen] = 1.0
         return probabilities
@@ -194,7 +207,7 @@ def _held_out_probabilities(
         local = _fit_predict_mlp(train_x, local_y, test_x, len(seen), seed)
     else:
         raise ValueError(f"unknown head {head!r}")
-    probabilities[:, seen] = local
+    probabilities[:, seen] = local.reshape(len(encodings), rows, len(seen)).mean(axis=0)
     return probabilities
 
 
@@ -242,7 +255,7 @@ def group_held_out_probabilities(
     covered = np.zeros(len(labels), dtype=bool)
     for held_out, train in held_out_groups(membership, labels):
         probabilities[held_out] = _held_out_probabilities(
-            features, labels, train, held_out, n_classes, "linear", regularisation, seed
+            [features], labels, train, held_out, n_classes, "linear", regularisation, seed
         )
         covered[held_out] = True
     return probabilities, covered

@@ -9,6 +9,8 @@ nearly as well as a briefly trained CNN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -117,6 +119,39 @@ class PatchKMeans:
         return torch.cat(out).numpy()
 
 
+def shifted(images: np.ndarray, dy: int, dx: int, pad: int = 4) -> np.ndarray:
+    """(n, h, w, c) images moved by (dy, dx) pixels, the uncovered border filled by reflection."""
+    if max(abs(dy), abs(dx)) > pad:
+        raise ValueError(f"a shift of ({dy}, {dx}) exceeds the padding of {pad}")
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    h, w = images.shape[1:3]
+    return np.ascontiguousarray(padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w])
+
+
+def patch_feature_views(
+    images: np.ndarray,
+    shifts: Sequence[tuple[int, int]] = (),
+    centroids: int = 400,
+    seed: int = 0,
+    mirror: bool = True,
+    device: torch.device | str = "cpu",
+) -> list[np.ndarray]:
+    """The images' encoding, then one encoding per shifted copy, all with one dictionary.
+
+    Shifted copies are augmentation for the heads: the quadrant pooling moves with the object,
+    and a head that has seen each image a few pixels off learns less of where things happen to
+    sit in the frame."""
+    encoder = PatchKMeans(centroids, seed=seed, device=device).fit(images)
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        features = encoder.transform(pixels)
+        if mirror:
+            features += encoder.transform(np.ascontiguousarray(pixels[:, :, ::-1]))
+        return features
+
+    return [encode(images)] + [encode(shifted(images, dy, dx)) for dy, dx in shifts]
+
+
 def patch_features(
     images: np.ndarray,
     centroids: int = 400,
@@ -131,8 +166,4 @@ def patch_features(
     10,000 CIFAR-10N images this raised the heads' held-out accuracy from 0.553 to 0.592 for
     half again the encoding time (bench/results/predict.md).
     """
-    encoder = PatchKMeans(centroids, seed=seed, device=device).fit(images)
-    features = encoder.transform(images)
-    if mirror:
-        features += encoder.transform(np.ascontiguousarray(images[:, :, ::-1]))
-    return features
+    return patch_feature_views(images, (), centroids, seed, mirror, device)[0]

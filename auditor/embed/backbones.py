@@ -51,29 +51,21 @@ class Architecture:
     head: str
 
 
+RESNET = Architecture(
+    taps=(
+        ("stem", "maxpool"),
+        ("stage1", "layer1"),
+        ("stage2", "layer2"),
+        ("stage3", "layer3"),
+        ("stage4", "layer4"),
+        ("pool", "avgpool"),
+    ),
+    head="fc",
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
-    "resnet18": Architecture(
-        taps=(
-            ("stem", "maxpool"),
-            ("stage1", "layer1"),
-            ("stage2", "layer2"),
-            ("stage3", "layer3"),
-            ("stage4", "layer4"),
-            ("pool", "avgpool"),
-        ),
-        head="fc",
-    ),
-    "resnet50": Architecture(
-        taps=(
-            ("stem", "maxpool"),
-            ("stage1", "layer1"),
-            ("stage2", "layer2"),
-            ("stage3", "layer3"),
-            ("stage4", "layer4"),
-            ("pool", "avgpool"),
-        ),
-        head="fc",
-    ),
+    "resnet18": RESNET,
+    "resnet50": RESNET,
     # Stages end where the spatial resolution halves next (56, 28, 14, 7 at 224 input).
     "efficientnet_b0": Architecture(
         taps=(

@@ -228,6 +228,35 @@ class Embeddings:
     reused: int
 
 
+class ShardWriter:
+    """Buffers embedded rows and writes them a shard at a time: few files for a large run, and a
+    crash loses at most the rows of one unwritten shard."""
+
+    def __init__(self, store: FeatureStore, layers: Sequence[str], shard_rows: int) -> None:
+        self.store = store
+        self.shard_rows = shard_rows
+        self.shas: list[str] = []
+        self.pending: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+
+    def add(self, shas: Sequence[str], vectors: dict[str, np.ndarray]) -> None:
+        """Rows of every layer in `vectors` align with `shas`."""
+        if not shas:
+            return
+        self.shas.extend(shas)
+        for layer, rows in self.pending.items():
+            rows.append(vectors[layer])
+        if len(self.shas) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.shas:
+            self.store.write_shard(
+                self.shas, {layer: np.concatenate(rows) for layer, rows in self.pending.items()}
+            )
+            self.shas = []
+            self.pending = {layer: [] for layer in self.pending}
+
+
 def embed_with_cache(
     items: Sequence[tuple[str, str]],
     source: Source,
@@ -258,17 +287,8 @@ def embed_with_cache(
             first_path.setdefault(sha, path)
     misses = list(first_path.items())
 
-    pending_shas: list[str] = []
-    pending: dict[str, list[np.ndarray]] = {layer: [] for layer in backbone.layers}
+    writer = ShardWriter(store, backbone.layers, shard_rows)
     failed: dict[str, str] = {}
-
-    def flush() -> None:
-        if pending_shas:
-            store.write_shard(pending_shas, {k: np.concatenate(v) for k, v in pending.items()})
-            pending_shas.clear()
-            for rows in pending.values():
-                rows.clear()
-
     for indices, vectors, failures in iter_embedded(
         misses,
         source,
@@ -279,13 +299,9 @@ def embed_with_cache(
         progress=progress,
         max_pixels=max_pixels,
     ):
-        pending_shas.extend(misses[i][0] for i in indices)
-        for layer, rows in vectors.items():
-            pending[layer].append(rows)
+        writer.add([misses[i][0] for i in indices], vectors)
         failed.update((failure.sha256, failure.reason) for failure in failures)
-        if len(pending_shas) >= shard_rows:
-            flush()
-    flush()
+    writer.flush()
 
     return read_embeddings(store, backbone, items, wanted, failed, len(misses), cached)
 

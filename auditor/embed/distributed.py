@@ -22,7 +22,13 @@ import torch
 
 from auditor.config import get_settings
 from auditor.embed.backbones import Backbone, ModelIdentity, Preprocess, build_backbone
-from auditor.embed.cache import DEFAULT_SHARD_ROWS, Embeddings, FeatureStore, read_embeddings
+from auditor.embed.cache import (
+    DEFAULT_SHARD_ROWS,
+    Embeddings,
+    FeatureStore,
+    ShardWriter,
+    read_embeddings,
+)
 from auditor.embed.extract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PIXELS,
@@ -238,16 +244,8 @@ def run_on_cluster(
         num_gpus=layout["num_gpus"],
     )
 
-    pending_shas: list[str] = []
-    pending: dict[str, list[np.ndarray]] = {layer: [] for layer in backbone.layers}
+    writer = ShardWriter(store, backbone.layers, shard_rows)
     failed: dict[str, str] = {}
-
-    def flush() -> None:
-        if pending_shas:
-            store.write_shard(pending_shas, {k: np.concatenate(v) for k, v in pending.items()})
-            pending_shas.clear()
-            for rows in pending.values():
-                rows.clear()
 
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         decoded = batch["reason"] == ""
@@ -257,10 +255,12 @@ def run_on_cluster(
                 batch["sha256"][~decoded], batch["reason"][~decoded], strict=True
             )
         )
-        pending_shas.extend(str(sha) for sha in batch["sha256"][decoded])
-        for layer in backbone.layers:
-            pending[layer].append(np.asarray(batch[LAYER_PREFIX + layer][decoded], np.float32))
-        if len(pending_shas) >= shard_rows:
-            flush()
-    flush()
+        writer.add(
+            [str(sha) for sha in batch["sha256"][decoded]],
+            {
+                layer: np.asarray(batch[LAYER_PREFIX + layer][decoded], np.float32)
+                for layer in backbone.layers
+            },
+        )
+    writer.flush()
     return failed

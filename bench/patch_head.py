@@ -25,6 +25,7 @@ from bench.quality import (
     cached_out_of_sample,
     noisy_labels,
     our_mislabel,
+    results_name,
     scores,
     stacked_with_cnn,
     subset_arguments,
@@ -93,7 +94,7 @@ def main() -> None:
                 f"{ours_row['f1'] - theirs['f1']:+.3f} |"
             )
             print(lines[-1], flush=True)
-    write_results(f"patch-head{f'-from{args.start}' if args.start else ''}.md", lines)
+    write_results(results_name("patch-head", args), lines)
 
 
 if __name__ == "__main__":

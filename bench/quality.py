@@ -127,6 +127,14 @@ def subset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", nargs="+", default=["worse", "aggre", "random1"])
 
 
+def results_name(stem: str, args: argparse.Namespace) -> str:
+    """bench/results file of a subset: `stem`.md for the first 10,000 images, else with the size
+    and the first image, so runs on other subsets do not overwrite it."""
+    size = f"-n{args.n}" if args.n != 10000 else ""
+    start = f"-from{args.start}" if args.start else ""
+    return f"{stem}{size}{start}.md"
+
+
 def subset_rows(args: argparse.Namespace) -> tuple[slice, np.ndarray]:
     """The subset's rows and their clean labels; stops when CIFAR-10N is not beside the
     repository."""
@@ -226,7 +234,7 @@ def main() -> None:
             f"| {column} | | (probabilities: {cpu_minutes:.1f} CPU-minutes; stacking weight of "
             f"`patch_heads` {weight:.2f}) | | | | | |"
         )
-    write_results(f"quality{f'-from{args.start}' if args.start else ''}.md", lines)
+    write_results(results_name("quality", args), lines)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from auditor.pipeline.scheduler import enqueue_due_audits, set_schedule
 from auditor.pipeline.worker import Worker, wait_for_status
 
 PARAMETERS = {"backbone": "trained", "epochs": 2}
+LEASE_SECONDS = "4"
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def worker_process(url: str, data_dir: Path, worker_id: str, *extra: str) -> sub
         "AUDITOR_DATABASE_URL": url,
         "AUDITOR_DATA_DIR": str(data_dir),
         "AUDITOR_WORKERS": "1",
-        "AUDITOR_LEASE_SECONDS": "4",
+        "AUDITOR_LEASE_SECONDS": LEASE_SECONDS,
         "AUDITOR_POLL_SECONDS": "0.5",
     }
     return subprocess.Popen(
@@ -112,6 +113,9 @@ def test_killed_worker_is_replaced_and_findings_match_an_uninterrupted_run(
     assert stage in ("embed", "predict"), "the first worker never started the audit"
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
+    # `--once` exits when nothing is claimable, so start the replacement after the dead
+    # worker's lease has run out; a faster start-up would find the audit still leased.
+    time.sleep(float(LEASE_SECONDS) + 1.0)
 
     second = worker_process(committed_url, tmp_path / "shared", "second", "--once")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, NamedTuple
 
@@ -66,7 +67,52 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} img/s" if speed else "", style="cyan")
 
 
-def progress_bar(quiet: bool) -> Progress:
+class StageLines:
+    """Progress for a log file or a pipe, where a live bar would print nothing until the end: a
+    line when the stage changes or another tenth of it is done, with the seconds since the start,
+    so an audit run under nohup or in CI shows where it is."""
+
+    def __init__(self, out: Console):
+        self.out = out
+        self.start = time.monotonic()
+        self.description = ""
+        self.total: float | None = None
+        self.shown: tuple[str, int] | None = None
+
+    def __enter__(self) -> StageLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None) -> int:
+        self.description, self.total = description, total
+        return 0
+
+    def update(
+        self,
+        task: int,
+        *,
+        description: str | None = None,
+        completed: float = 0.0,
+        total: float | None = None,
+    ) -> None:
+        self.description = description or self.description
+        self.total = total or self.total
+        tenth = int(10 * completed / self.total) if self.total else 0
+        if (self.description, tenth) == self.shown:
+            return
+        self.shown = (self.description, tenth)
+        done = f"{completed:,.0f}/{self.total:,.0f}" if self.total and self.total > 1 else ""
+        share = f"{10 * tenth}%" if self.total else ""
+        line = " ".join(part for part in (self.description, done, share) if part)
+        self.out.print(f"{time.monotonic() - self.start:7.1f} s  {line}", highlight=False)
+
+
+def progress_bar(quiet: bool) -> Progress | StageLines:
+    """A live bar on a terminal, plain lines elsewhere."""
+    if not quiet and not console.is_terminal:
+        return StageLines(console)
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),

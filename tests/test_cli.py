@@ -91,6 +91,10 @@ def test_demo_reports_planted_problems(tmp_path):
     assert "exact duplicates  │       5 │     5" in done.stderr
     assert "unreadable files  │       1 │     1" in done.stderr
     assert (tmp_path / "data" / "reports" / "audit-1.html").is_file()
+    # stderr is a pipe here, where a live bar shows nothing: each stage gets a plain line instead.
+    stage_lines = [line.split()[2] for line in done.stderr.splitlines() if " s  " in line]
+    for stage in ("decoding", "embed", "predict", "checks", "summarise"):
+        assert stage in stage_lines
 
 
 def test_run_json_contract(tmp_path):

@@ -214,6 +214,42 @@ def test_cnn_strategies_train_and_return_probabilities_and_layer_features(strate
         np.testing.assert_allclose(np.linalg.norm(values, axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.parametrize(("strategy", "parts"), [("cnn_kfold", 3), ("patch_cnn", 3)])
+def test_progress_moves_through_the_work_and_can_stop_it(strategy, parts):
+    """A long predict stage reports as it goes (epochs of each network, the patch heads' parts),
+    and what the reporter raises, as an audit's cancel does, stops the work at once."""
+    images, labels = digit_images(300)
+    shares: list[float] = []
+    out_of_sample_probabilities(
+        strategy,
+        images=images,
+        labels=labels,
+        n_classes=10,
+        folds=3,
+        train_config=TINY,
+        progress=shares.append,
+    )
+    assert shares == sorted(shares) and shares[-1] == 1.0
+    assert len(set(shares)) >= parts + 1 and 0 < shares[0] < 0.5
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(fraction: float) -> None:
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        out_of_sample_probabilities(
+            strategy,
+            images=images,
+            labels=labels,
+            n_classes=10,
+            folds=3,
+            train_config=TINY,
+            progress=cancel,
+        )
+
+
 def test_patch_heads_need_no_training_and_are_deterministic():
     images, labels = digit_images(200)
     runs = [

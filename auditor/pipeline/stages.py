@@ -228,6 +228,7 @@ def predict_stage(ctx: AuditContext) -> None:
             epochs=ctx.parameter("epochs"),
             holdout_groups=membership,
             device=device,
+            progress=ctx.report,
         )
         probabilities, layer_features = result.probabilities, result.layer_features
         group_probabilities, group_covered = result.group_probabilities, result.group_covered

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -123,9 +123,12 @@ def train_cnn(
     coarse_labels: Sequence[np.ndarray] = (),
     coarse_weight: float = 0.5,
     device: torch.device | str = "cpu",
+    on_epoch: Callable[[float], None] | None = None,
 ) -> TrainedCNN:
     """Train with SGD + one-cycle schedule, stopping early when accuracy on a held-out part (of the
     given, possibly noisy labels) stops improving, and keeping the best epoch's weights.
+    `on_epoch` gets the share of the epoch ceiling done after each epoch; what it raises stops
+    the training (an audit's cancel or a worker's shutdown).
 
     Under class-conditional label noise the noisy held-out accuracy rises and falls with the clean
     accuracy, so it is a usable stopping signal without any clean labels.
@@ -196,6 +199,8 @@ def train_cnn(
             optimiser.step()
             schedule.step()
         trained.epochs_run = epoch + 1
+        if on_epoch:
+            on_epoch(trained.epochs_run / config.epochs)
         if len(validation_index) == 0:
             best_state = copy.deepcopy(model.state_dict())
             continue

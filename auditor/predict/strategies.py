@@ -36,6 +36,7 @@ from the first one for every image, so all rows share one space for search.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -80,6 +81,18 @@ LEAKS_OWN_LABEL = {
 }
 
 
+Progress = Callable[[float], None]
+
+
+def _quiet(fraction: float) -> None:
+    return None
+
+
+def _share(report: Progress, start: float, width: float) -> Progress:
+    """The reporter of one part of a strategy's work, which spans [start, start + width]."""
+    return lambda fraction: report(start + width * fraction)
+
+
 @dataclass
 class OutOfSample:
     """Probabilities (n, n_classes), rows summing to 1, plus per-layer features of the trained
@@ -105,33 +118,61 @@ def _require_images(images: np.ndarray | None, labels: np.ndarray) -> np.ndarray
     return images
 
 
-def _network_blind_to(held_out, images, labels, n_classes, config, seed, device) -> TrainedCNN:
+def _network_blind_to(
+    held_out, images, labels, n_classes, config, seed, device, report: Progress
+) -> TrainedCNN:
     """A network trained on every row except `held_out`, so it may predict those rows."""
     return train_cnn(
-        images[~held_out], labels[~held_out], n_classes, config=config, seed=seed, device=device
+        images[~held_out],
+        labels[~held_out],
+        n_classes,
+        config=config,
+        seed=seed,
+        device=device,
+        on_epoch=report,
     )
 
 
-def _cnn_kfold(images, labels, n_classes, folds, seed, config, device) -> OutOfSample:
+def _cnn_kfold(images, labels, n_classes, folds, seed, config, device, report) -> OutOfSample:
     fold_of = fold_assignment(labels, folds, seed)
     probabilities = np.zeros((len(labels), n_classes))
     features: dict[str, np.ndarray] = {}
     for fold in range(folds):
         held_out = fold_of == fold
-        net = _network_blind_to(held_out, images, labels, n_classes, config, seed + fold, device)
+        net = _network_blind_to(
+            held_out,
+            images,
+            labels,
+            n_classes,
+            config,
+            seed + fold,
+            device,
+            _share(report, fold / folds, 1 / folds),
+        )
         probabilities[held_out] = predict_probabilities(net, images[held_out])
         if fold == 0:
             features = layer_features(net, images)
     return OutOfSample(probabilities, features)
 
 
-def _cnn_crossfit(images, labels, n_classes, folds, seed, config, head, device) -> OutOfSample:
+def _cnn_crossfit(
+    images, labels, n_classes, folds, seed, config, head, device, report
+) -> OutOfSample:
     half_of = fold_assignment(labels, 2, seed)
     probabilities = np.zeros((len(labels), n_classes))
     features: dict[str, np.ndarray] = {}
     for half in (0, 1):
         predicted = half_of == half
-        net = _network_blind_to(predicted, images, labels, n_classes, config, seed + half, device)
+        net = _network_blind_to(
+            predicted,
+            images,
+            labels,
+            n_classes,
+            config,
+            seed + half,
+            device,
+            _share(report, half / 2, 1 / 2),
+        )
         taps = layer_features(net, images if half == 0 else images[predicted])
         if half == 0:
             features = taps
@@ -173,12 +214,13 @@ def patch_head(rows: int) -> HeadKind:
     return "mlp" if rows >= PATCH_MLP_FROM else "linear"
 
 
-def _patch_heads(images, labels, n_classes, folds, seed, membership, device) -> OutOfSample:
+def _patch_heads(images, labels, n_classes, folds, seed, membership, device, report) -> OutOfSample:
     # Square roots tame the heavy-tailed pooled activations.
     encoded, *shifted_views = (
         np.sqrt(view)
         for view in patch_feature_views(images, patch_shifts(len(labels)), seed=seed, device=device)
     )
+    report(0.5)
     result = OutOfSample(
         kfold_head_probabilities(
             encoded,
@@ -211,13 +253,17 @@ def stacking_weight(first: np.ndarray, second: np.ndarray, labels: np.ndarray) -
 
 
 def _patch_cnn(
-    images, labels, n_classes, folds, seed, config, head, membership, device
+    images, labels, n_classes, folds, seed, config, head, membership, device, report
 ) -> OutOfSample:
     """Both label-free-or-cross-fitted models, mixed by stacking: their errors differ (pixel
     statistics versus learned shapes), so the mixture ranks label errors better than either
     alone, and the CNN's layers serve search and the per-layer hierarchy analysis."""
-    patch = _patch_heads(images, labels, n_classes, folds, seed, membership, device)
-    cnn = _cnn_crossfit(images, labels, n_classes, folds, seed, config, head, device)
+    patch = _patch_heads(
+        images, labels, n_classes, folds, seed, membership, device, _share(report, 0, 0.5)
+    )
+    cnn = _cnn_crossfit(
+        images, labels, n_classes, folds, seed, config, head, device, _share(report, 0.5, 0.5)
+    )
     weight = stacking_weight(patch.probabilities, cnn.probabilities, labels)
     mixed = weight * patch.probabilities + (1 - weight) * cnn.probabilities
     return OutOfSample(
@@ -228,8 +274,18 @@ def _patch_cnn(
     )
 
 
-def _cnn_once_heads(images, labels, n_classes, folds, seed, config, head, device) -> OutOfSample:
-    net = train_cnn(images, labels, n_classes, config=config, seed=seed, device=device)
+def _cnn_once_heads(
+    images, labels, n_classes, folds, seed, config, head, device, report
+) -> OutOfSample:
+    net = train_cnn(
+        images,
+        labels,
+        n_classes,
+        config=config,
+        seed=seed,
+        device=device,
+        on_epoch=_share(report, 0, 0.9),
+    )
     features = layer_features(net, images)
     probabilities = kfold_head_probabilities(
         features["pool"], labels, n_classes, folds=folds, seed=seed, head=head
@@ -251,6 +307,7 @@ def out_of_sample_probabilities(
     epochs: int | None = None,
     holdout_groups: np.ndarray | None = None,
     device: torch.device | str = "cpu",
+    progress: Progress | None = None,
 ) -> OutOfSample:
     """Class probabilities for every row from models that did not train on that row (except for
     `cnn_once_heads`, see the module notes). Deterministic for a seed on a given machine.
@@ -259,7 +316,9 @@ def out_of_sample_probabilities(
     `epochs` overrides `train_config.epochs` (an early-stopping ceiling). `holdout_groups` is
     (n, groups) bool membership, e.g. of labeling vendors. `device` runs the CNN training and the
     patch encoding (the linear heads stay on the CPU); results on CUDA differ from the CPU's in
-    the last digits of float arithmetic, not in the random draws.
+    the last digits of float arithmetic, not in the random draws. `progress` gets the share of
+    the work done, after each epoch of a network and each part of the patch heads; what it raises
+    stops the work there.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or len(labels) == 0:
@@ -267,6 +326,7 @@ def out_of_sample_probabilities(
     if labels.min() < 0 or labels.max() >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes})")
     use_available_cores()
+    report = progress or _quiet
     config = train_config or TrainConfig()
     if epochs is not None:
         config = replace(config, epochs=epochs)
@@ -282,7 +342,14 @@ def out_of_sample_probabilities(
             )
     elif strategy == "patch_heads":
         result = _patch_heads(
-            _require_images(images, labels), labels, n_classes, folds, seed, holdout_groups, device
+            _require_images(images, labels),
+            labels,
+            n_classes,
+            folds,
+            seed,
+            holdout_groups,
+            device,
+            report,
         )
     elif strategy == "patch_cnn":
         result = _patch_cnn(
@@ -295,18 +362,35 @@ def out_of_sample_probabilities(
             head,
             holdout_groups,
             device,
+            report,
         )
     elif strategy == "cnn_kfold":
         result = _cnn_kfold(
-            _require_images(images, labels), labels, n_classes, folds, seed, config, device
+            _require_images(images, labels), labels, n_classes, folds, seed, config, device, report
         )
     elif strategy == "cnn_crossfit":
         result = _cnn_crossfit(
-            _require_images(images, labels), labels, n_classes, folds, seed, config, head, device
+            _require_images(images, labels),
+            labels,
+            n_classes,
+            folds,
+            seed,
+            config,
+            head,
+            device,
+            report,
         )
     elif strategy == "cnn_once_heads":
         result = _cnn_once_heads(
-            _require_images(images, labels), labels, n_classes, folds, seed, config, head, device
+            _require_images(images, labels),
+            labels,
+            n_classes,
+            folds,
+            seed,
+            config,
+            head,
+            device,
+            report,
         )
     else:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -322,4 +406,5 @@ def out_of_sample_probabilities(
         )
     result.probabilities = _normalised(result.probabilities)
     result.strategy = strategy
+    report(1.0)
     return result

@@ -9,7 +9,7 @@ predicts only the fold it was not trained on.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -134,9 +134,10 @@ def kfold_head_probabilities(
     regularisation: float = 0.1,
     repeats: int = 1,
     views: Sequence[np.ndarray] = (),
+    on_head: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """Out-of-sample probabilities (n, n_classes): one head per fold, each predicting only the
-    rows it was not fitted on.
+    rows it was not fitted on. `on_head` gets the share of the heads fitted after each one.
 
     `regularisation` is the inverse L2 strength of the linear head; the default is strong because
     noisy labels reward a head that cannot bend towards individual rows. `repeats` > 1 averages
@@ -173,6 +174,8 @@ def kfold_head_probabilities(
                 regularisation,
                 repeat_seed + fold,
             )
+            if on_head:
+                on_head(((repeat_seed - seed) * folds + fold + 1) / (repeats * folds))
     return probabilities / repeats
 
 

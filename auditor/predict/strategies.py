@@ -232,6 +232,7 @@ def _patch_heads(images, labels, n_classes, folds, seed, membership, device, rep
             regularisation=PATCH_REGULARISATION,
             repeats=PATCH_HEAD_REPEATS,
             views=shifted_views,
+            on_head=_share(report, 0.5, 0.5),
         )
     )
     if membership is not None:

@@ -59,6 +59,9 @@ def test_audit_completes_with_findings_summary_and_analyses(session_factory, aud
         "nine",
     }
     assert 0.0 < summary["health_score"] <= 1.0
+    # Each class's estimated noise is the share of its labels the mislabel check flagged.
+    flagged = sum(round(row["estimated_noise_rate"] * row["images"]) for row in summary["classes"])
+    assert flagged == summary["findings"]["mislabel"] > 0
     with session_factory() as session:
         found = found_paths_by_kind(session, ingested.dataset_id, audit.id)
         analyses = {

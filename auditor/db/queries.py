@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections import Counter
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from auditor.db.models import Batch, Class, Finding, FindingImage, Image, Label
@@ -63,3 +65,13 @@ def flagged_image_ids(session: Session, audit_id: int, kind: str) -> set[int]:
             .where(Finding.audit_id == audit_id, Finding.kind == kind, Finding.is_issue.is_(True))
         )
     )
+
+
+def mislabel_relabels(session: Session, audit_id: int) -> Counter[tuple[str | None, str | None]]:
+    """How many labels the audit's mislabel check flagged, by (given, suggested) label."""
+    rows = session.execute(
+        select(Finding.given_label, Finding.suggested_label, func.count())
+        .where(Finding.audit_id == audit_id, Finding.kind == "mislabel", Finding.is_issue.is_(True))
+        .group_by(Finding.given_label, Finding.suggested_label)
+    )
+    return Counter({(given, suggested): count for given, suggested, count in rows})

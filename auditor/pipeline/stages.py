@@ -25,6 +25,7 @@ from auditor.checks import CheckInputs, run_checks
 from auditor.config import Settings
 from auditor.db.findings import save_findings
 from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
+from auditor.db.queries import mislabel_relabels
 from auditor.embed.cache import FeatureStore, embed_with_cache
 from auditor.embed.distributed import BackboneSpec, embed_with_ray
 from auditor.embed.extract import resolve_device
@@ -440,8 +441,13 @@ def vendors_stage(ctx: AuditContext) -> None:
 def summarise_stage(ctx: AuditContext) -> None:
     with ctx.factory() as session:
         inputs = check_inputs(ctx, session)
-    findings = Counter((ctx.artifacts.load_json("checks") or {}).get("findings", {}))
-    summary = summarise_audit(inputs, findings)
+        checked = ctx.artifacts.load_json("checks") or {}
+        relabels = (
+            mislabel_relabels(session, ctx.audit_id)
+            if "mislabel" in checked.get("kinds", [])
+            else None
+        )
+    summary = summarise_audit(inputs, Counter(checked.get("findings", {})), relabels)
     summary["embedding"] = ctx.artifacts.load_json("embed_counts") or {}
     ctx.artifacts.save_json("summary", summary)
 

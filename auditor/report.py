@@ -178,12 +178,6 @@ def vendor_section(session: Session, audit_id: int) -> list[str]:
     ]
 
 
-def noise_cell(rate: float | None) -> str:
-    """A class's estimated noise: the share of its labels the mislabel check flagged, or a dash
-    when that check did not run."""
-    return "&ndash;" if rate is None else f"{rate:.1%}"
-
-
 def render_report(session: Session, audit_id: int) -> str:
     audit = session.get(Audit, audit_id)
     dataset = session.get(Dataset, audit.dataset_id)
@@ -211,7 +205,8 @@ def render_report(session: Session, audit_id: int) -> str:
     parts += hierarchy_sections(session, audit_id)
     parts.append(
         "<h2>Classes</h2><p>Estimated noise: the share of the class's labels flagged as "
-        "mislabeled; labeled so, but probably: the labels suggested for them.</p>"
+        "mislabeled; labeled so, but probably: where those labels belong, by the model's "
+        "confident counts (cleanlab's confident joint).</p>"
         "<table><tr><th>class</th><th class='num'>images</th>"
         "<th class='num'>estimated noise</th><th>labeled so, but probably</th></tr>"
     )
@@ -221,8 +216,7 @@ def render_report(session: Session, audit_id: int) -> str:
         )
         parts.append(
             f"<tr><td>{escape(row['class'])}</td><td class='num'>{row['images']}</td>"
-            f"<td class='num'>{noise_cell(row.get('estimated_noise_rate'))}</td>"
-            f"<td>{confusions}</td></tr>"
+            f"<td class='num'>{row['estimated_noise_rate']:.1%}</td><td>{confusions}</td></tr>"
         )
     parts.append("</table><h2>Top findings</h2>")
     for kind in summary.get("findings", {}):

@@ -90,12 +90,17 @@ def our_mislabel(
         probabilities=probabilities,
         knn=knn_graph(search_vectors(pool), 10),
     )
-    labeled, issues, score, _ = REGISTRY["mislabel"](**settings).scores(inputs)
+    labeled, issues, score, evidence = REGISTRY["mislabel"](**settings).scores(inputs)
     flagged = np.zeros(n, bool)
     flagged[labeled[issues]] = True
     ranking = np.zeros(n)
     ranking[labeled] = score
-    return {"flagged": flagged, "ranking": ranking}
+    # The check's suggestion: the likeliest class other than the given one.
+    evidence = evidence.copy()
+    evidence[np.arange(len(labeled)), labels[labeled]] = -1.0
+    suggested = labels.copy()
+    suggested[labeled] = evidence.argmax(axis=1)
+    return {"flagged": flagged, "ranking": ranking, "suggested": suggested}
 
 
 def datalab_features_only(pool: np.ndarray, labels: np.ndarray) -> dict:

@@ -5,53 +5,64 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+from cleanlab.count import estimate_joint
 
 from auditor.checks.base import CheckInputs, ImageTable
-from auditor.pipeline.summary import summarise_audit
+from auditor.pipeline.summary import class_noise, summarise_audit
+
+NAMES = ["bird", "cat", "dog"]
 
 
-def inputs_for(labels: list[int], class_names: list[str]) -> CheckInputs:
+def planted() -> tuple[np.ndarray, np.ndarray]:
+    """60 images per class; 15 of the birds look like cats to the model, 6 of the dogs like
+    birds, so cats are where wrong bird labels belong and birds where wrong dog labels do."""
+    labels = np.repeat(np.arange(3), 60)
+    looks_like = labels.copy()
+    looks_like[:15] = 1
+    looks_like[120:126] = 0
+    probabilities = np.full((len(labels), 3), 0.05)
+    probabilities[np.arange(len(labels)), looks_like] = 0.9
+    return labels, probabilities
+
+
+def inputs_for(labels: np.ndarray, probabilities: np.ndarray) -> CheckInputs:
     n = len(labels)
     table = ImageTable(
         ids=np.arange(n), paths=[f"{i}.png" for i in range(n)], status=["ok"] * n,
         errors=[None] * n, sha256=[None] * n, phash=[None] * n, width=np.full(n, 8),
-        height=np.full(n, 8), stats=[{}] * n, labels=[class_names[c] for c in labels],
+        height=np.full(n, 8), stats=[{}] * n, labels=[NAMES[c] for c in labels],
         splits=[None] * n,
     )  # fmt: skip
-    probabilities = np.full((n, len(class_names)), 0.1)
-    probabilities[np.arange(n), labels] = 0.8
     return CheckInputs(
         dataset_id=1,
         images=table,
-        class_names=class_names,
+        class_names=NAMES,
         rows=np.arange(n),
-        labels=np.array(labels),
-        probabilities=probabilities / probabilities.sum(axis=1, keepdims=True),
+        labels=labels,
+        probabilities=probabilities,
     )
 
 
-def test_class_noise_is_the_share_of_labels_the_mislabel_check_flagged():
-    inputs = inputs_for([0] * 10 + [1] * 20 + [2] * 5, ["bird", "cat", "dog"])
-    relabels = Counter({("bird", "cat"): 3, ("bird", "dog"): 1, ("cat", "bird"): 5})
-
-    summary = summarise_audit(inputs, Counter({"mislabel": 9}), relabels)
-
+def test_noise_rate_is_the_flagged_share_split_where_the_confident_joint_sends_it():
+    labels, probabilities = planted()
+    summary = summarise_audit(
+        inputs_for(labels, probabilities),
+        Counter({"mislabel": 20}),
+        Counter({"bird": 12, "dog": 8}),
+    )
     bird, cat, dog = summary["classes"]
-    assert (bird["images"], bird["estimated_noise_rate"]) == (10, 0.4)
-    assert bird["top_confusions"] == [
-        {"class": "cat", "share": 0.3},
-        {"class": "dog", "share": 0.1},
-    ]
-    assert (cat["estimated_noise_rate"], cat["top_confusions"]) == (
-        0.25,
-        [{"class": "bird", "share": 0.25}],
-    )
-    assert (dog["estimated_noise_rate"], dog["top_confusions"]) == (0.0, [])
-    assert summary["findings"] == {"mislabel": 9}
+    assert (bird["images"], bird["estimated_noise_rate"]) == (60, 0.2)
+    assert bird["top_confusions"][0] == {"class": "cat", "share": 0.2}
+    assert (cat["estimated_noise_rate"], cat["top_confusions"]) == (0.0, [])
+    assert dog["estimated_noise_rate"] == round(8 / 60, 4)
+    assert dog["top_confusions"][0]["class"] == "bird"
+    assert summary["findings"] == {"mislabel": 20}
 
 
-def test_without_the_mislabel_check_no_noise_is_claimed():
-    inputs = inputs_for([0, 0, 1, 1], ["bird", "cat"])
-    summary = summarise_audit(inputs, Counter(), None)
-    assert all("estimated_noise_rate" not in row for row in summary["classes"])
-    assert [row["images"] for row in summary["classes"]] == [2, 2]
+def test_without_the_mislabel_check_the_confident_joint_alone_speaks():
+    labels, probabilities = planted()
+    where = class_noise(labels, probabilities, np.bincount(labels), None)
+    joint = estimate_joint(labels, probabilities)
+    np.testing.assert_allclose(where, joint / joint.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(where.sum(axis=1), 1.0)
+    assert where[0, 1] > 0.2 and where[2, 0] > 0.05

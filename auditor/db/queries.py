@@ -67,11 +67,11 @@ def flagged_image_ids(session: Session, audit_id: int, kind: str) -> set[int]:
     )
 
 
-def mislabel_relabels(session: Session, audit_id: int) -> Counter[tuple[str | None, str | None]]:
-    """How many labels the audit's mislabel check flagged, by (given, suggested) label."""
+def mislabel_flags_by_label(session: Session, audit_id: int) -> Counter[str]:
+    """How many labels of each class the audit's mislabel check flagged."""
     rows = session.execute(
-        select(Finding.given_label, Finding.suggested_label, func.count())
+        select(Finding.given_label, func.count())
         .where(Finding.audit_id == audit_id, Finding.kind == "mislabel", Finding.is_issue.is_(True))
-        .group_by(Finding.given_label, Finding.suggested_label)
+        .group_by(Finding.given_label)
     )
-    return Counter({(given, suggested): count for given, suggested, count in rows})
+    return Counter({given: count for given, count in rows})

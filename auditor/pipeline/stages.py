@@ -25,7 +25,7 @@ from auditor.checks import CheckInputs, run_checks
 from auditor.config import Settings
 from auditor.db.findings import save_findings
 from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
-from auditor.db.queries import mislabel_relabels
+from auditor.db.queries import mislabel_flags_by_label
 from auditor.embed.cache import FeatureStore, embed_with_cache
 from auditor.embed.distributed import BackboneSpec, embed_with_ray
 from auditor.embed.extract import resolve_device
@@ -442,12 +442,12 @@ def summarise_stage(ctx: AuditContext) -> None:
     with ctx.factory() as session:
         inputs = check_inputs(ctx, session)
         checked = ctx.artifacts.load_json("checks") or {}
-        relabels = (
-            mislabel_relabels(session, ctx.audit_id)
+        flagged = (
+            mislabel_flags_by_label(session, ctx.audit_id)
             if "mislabel" in checked.get("kinds", [])
             else None
         )
-    summary = summarise_audit(inputs, Counter(checked.get("findings", {})), relabels)
+    summary = summarise_audit(inputs, Counter(checked.get("findings", {})), flagged)
     summary["embedding"] = ctx.artifacts.load_json("embed_counts") or {}
     ctx.artifacts.save_json("summary", summary)
 

@@ -33,7 +33,7 @@ function classTable(classes) {
       "p",
       { class: "muted" },
       `Label health ${percent(classes.label_health)} · overall health ${percent(classes.health_score)}`,
-      hasNoise ? ". Estimated label noise is the share of a class's labels flagged as mislabeled; most confused with, the labels suggested for them." : "",
+      hasNoise ? ". Estimated label noise is the share of a class's labels flagged as mislabeled; most confused with, where those labels belong by the model's confident counts." : "",
     ),
     h(
       "table",

@@ -20,7 +20,8 @@ from auditor.db.models import Audit, Finding, FindingImage
 from auditor.db.session import make_engine, make_session_factory
 from auditor.demo import build_demo_dataset
 from auditor.ingest.ingest import ingest
-from auditor.pipeline.audit import create_audit, run_audit
+from auditor.pipeline.artifacts import AuditArtifacts
+from auditor.pipeline.audit import STAGE_OUTPUTS, create_audit, run_audit
 from auditor.pipeline.jobs import cancel_audit, claim_audit
 from auditor.pipeline.scheduler import enqueue_due_audits, set_schedule
 from auditor.pipeline.worker import Worker, wait_for_status
@@ -138,17 +139,21 @@ def test_cancel_stops_a_running_audit_without_findings(factory, digits, tmp_path
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with factory() as session:
-            if session.get(Audit, audit_id).stage in ("predict", "embed"):
+            if session.get(Audit, audit_id).stage == "predict":
                 break
         time.sleep(0.05)
     assert cancel_audit(factory, audit_id) == "cancelled"
     thread.join(timeout=240)
     assert not thread.is_alive()
     with factory() as session:
-        assert session.get(Audit, audit_id).status == "cancelled"
+        audit = session.get(Audit, audit_id)
+        assert audit.status == "cancelled"
+        # Stopped inside the CNN's training, before the stage's 30 epochs wrote its output.
+        assert "predict" not in audit.stage_timings
         assert (
             session.scalar(select(func.count(Finding.id)).where(Finding.audit_id == audit_id)) == 0
         )
+    assert not AuditArtifacts(tmp_path, audit_id).path(STAGE_OUTPUTS["predict"]).exists()
 
 
 def test_failures_retry_with_backoff_then_fail(factory, digits, tmp_path):

@@ -221,6 +221,27 @@ def test_zip_read_in_place_and_zip_slip_refused(session_factory, tmp_path):
     assert again.decoded == 0
 
 
+def test_a_relative_source_is_kept_as_an_absolute_path(session_factory, tmp_path, monkeypatch):
+    """The worker, the API and the report read images later, from another directory."""
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name, data in make_archive_members(tmp_path).items():
+            handle.writestr(name, data)
+    monkeypatch.chdir(tmp_path)
+    result = ingest(session_factory, "relative", Path("set.zip"), Settings(workers=1))
+    with session_factory() as session:
+        assert session.get(Dataset, result.dataset_id).source_uri == str(archive.resolve())
+        # A dataset stored with a relative source before is moved to the absolute path on re-add.
+        session.get(Dataset, result.dataset_id).source_uri = "set.zip"
+        session.commit()
+    again = ingest(session_factory, "relative", archive, Settings(workers=1))
+    assert again.decoded == 0
+    monkeypatch.chdir("/")
+    with session_factory() as session:
+        source = open_source(session.get(Dataset, result.dataset_id).source_uri)
+    assert source.read_bytes("cat/a.png") == make_archive_members(tmp_path)["cat/a.png"]
+
+
 def test_tar_with_labels_file_and_link_member(session_factory, tmp_path):
     archive = tmp_path / "set.tar"
     with tarfile.open(archive, "w") as handle:

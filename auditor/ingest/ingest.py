@@ -141,16 +141,21 @@ def read_hierarchy(
 
 
 def get_or_create_dataset(session: Session, name: str, source: Source) -> Dataset:
+    """The dataset row, keeping its source as an absolute path: the worker, the API's image
+    endpoints and the report read images from it, and none of them runs in the directory a
+    relative path was given in."""
+    location = str(Path(source.uri).resolve())
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is None:
-        dataset = Dataset(name=name, source_uri=str(source.uri), source_kind=source.kind)
+        dataset = Dataset(name=name, source_uri=location, source_kind=source.kind)
         session.add(dataset)
         session.flush()
-    elif Path(dataset.source_uri).resolve() != Path(source.uri).resolve():
+    elif str(Path(dataset.source_uri).resolve()) != location:
         raise SourceError(
             f"dataset {name!r} was added from {dataset.source_uri}; "
             f"add new images to it as a batch, or choose another name"
         )
+    dataset.source_uri = location
     return dataset
 
 

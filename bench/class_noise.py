@@ -26,13 +26,11 @@ from auditor.noise import fit_noise_model
 from auditor.pipeline.summary import class_noise
 from bench import cifar
 from bench.quality import (
-    cached_out_of_sample,
-    noisy_labels,
     our_mislabel,
     results_name,
-    stacked_with_cnn,
     subset_arguments,
     subset_heading,
+    subset_prediction,
     subset_rows,
 )
 from bench.report import write_results
@@ -88,10 +86,9 @@ def main() -> None:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for column in args.labels:
-        labels, truth = noisy_labels(column, rows, clean)
-        patch = cached_out_of_sample(column, args.n, "patch_heads", args.start)
-        cnn = cached_out_of_sample(column, args.n, "cnn_crossfit", args.start)
-        _, probabilities = stacked_with_cnn(patch["probabilities"], cnn, labels)
+        predicted = subset_prediction(column, args, rows, clean)
+        labels, truth, probabilities = predicted.labels, predicted.truth, predicted.probabilities
+        cnn = predicted.cnn
         actual = where_labels_belong(labels, clean)
         joint = estimate_joint(labels, probabilities)
         check = our_mislabel(probabilities, cnn["pool"], labels)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -155,6 +156,29 @@ def noisy_labels(column: str, rows: slice, clean: np.ndarray) -> tuple[np.ndarra
     return labels, labels != clean
 
 
+@dataclass
+class SubsetPrediction:
+    """One label column of a subset: its labels, which are wrong, the two models' cached
+    out-of-sample outputs and the pipeline's stacked mixture of them."""
+
+    labels: np.ndarray
+    truth: np.ndarray
+    patch: dict[str, np.ndarray]
+    cnn: dict[str, np.ndarray]
+    weight: float
+    probabilities: np.ndarray
+
+
+def subset_prediction(
+    column: str, args: argparse.Namespace, rows: slice, clean: np.ndarray
+) -> SubsetPrediction:
+    labels, truth = noisy_labels(column, rows, clean)
+    patch = cached_out_of_sample(column, args.n, "patch_heads", args.start)
+    cnn = cached_out_of_sample(column, args.n, "cnn_crossfit", args.start)
+    weight, probabilities = stacked_with_cnn(patch["probabilities"], cnn, labels)
+    return SubsetPrediction(labels, truth, patch, cnn, weight, probabilities)
+
+
 def stacked_with_cnn(
     patch: np.ndarray, cnn: dict[str, np.ndarray], labels: np.ndarray
 ) -> tuple[float, np.ndarray]:
@@ -183,12 +207,16 @@ def main() -> None:
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for column in args.labels:
-        labels, truth = noisy_labels(column, rows, clean)
         # The pipeline's `patch_cnn` is the stacked mixture of these two; computed apart to show
         # each.
-        patch = cached_out_of_sample(column, args.n, "patch_heads", args.start)
-        cnn = cached_out_of_sample(column, args.n, "cnn_crossfit", args.start)
-        weight, probabilities = stacked_with_cnn(patch["probabilities"], cnn, labels)
+        predicted = subset_prediction(column, args, rows, clean)
+        labels, truth, patch, cnn = (
+            predicted.labels,
+            predicted.truth,
+            predicted.patch,
+            predicted.cnn,
+        )
+        weight, probabilities = predicted.weight, predicted.probabilities
         pool = cnn["pool"]
         cpu_minutes = float(patch["cpu_minutes"] + cnn["cpu_minutes"])
         for name, part in (("patch_heads", patch), ("cnn_crossfit", cnn)):

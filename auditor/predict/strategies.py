@@ -369,20 +369,9 @@ def out_of_sample_probabilities(
         result = _cnn_kfold(
             _require_images(images, labels), labels, n_classes, folds, seed, config, device, report
         )
-    elif strategy == "cnn_crossfit":
-        result = _cnn_crossfit(
-            _require_images(images, labels),
-            labels,
-            n_classes,
-            folds,
-            seed,
-            config,
-            head,
-            device,
-            report,
-        )
-    elif strategy == "cnn_once_heads":
-        result = _cnn_once_heads(
+    elif strategy in ("cnn_crossfit", "cnn_once_heads"):
+        network_with_heads = _cnn_crossfit if strategy == "cnn_crossfit" else _cnn_once_heads
+        result = network_with_heads(
             _require_images(images, labels),
             labels,
             n_classes,

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from auditor.checks import REGISTRY, CheckInputs, run_checks
 from auditor.checks.base import FindingDraft, ImageTable
+from auditor.checks.duplicates import keeper
 from auditor.checks.mislabel import neighbour_label_distribution
 from auditor.config import Settings
 from auditor.db.findings import save_findings
@@ -403,3 +404,20 @@ def test_mislabel_flags_the_confident_joint_count_in_posterior_order():
     assert issues.sum() != cut.sum()
     with pytest.raises(ValueError, match="flag_count"):
         REGISTRY["mislabel"](flag_count="half").scores(inputs)
+
+
+def test_the_member_to_keep_is_the_largest_then_the_one_most_like_the_others():
+    """As in a CIFAR-10 group where a pale sailboat joined two copies of one car photograph at
+    0.9645 and 0.9627: keep a car, not the sailboat whose path sorts first."""
+    widths = np.array([32, 32, 32])
+    table = ImageTable(
+        ids=np.arange(3), paths=["a.png", "b.png", "c.png"], status=["ok"] * 3,
+        errors=[None] * 3, sha256=[None] * 3, phash=[None] * 3, width=widths,
+        height=np.full(3, 32), stats=[{}] * 3, labels=["ship", "truck", "automobile"],
+        splits=[None] * 3,
+    )  # fmt: skip
+    inputs = CheckInputs(dataset_id=1, images=table, rows=np.arange(3))
+    pairs = {(0, 1): 0.9645, (0, 2): 0.9627, (1, 2): 0.9975}
+    assert keeper(inputs, [0, 1, 2], pairs) == 1
+    widths[2] = 64
+    assert keeper(inputs, [0, 1, 2], pairs) == 2

@@ -76,14 +76,20 @@ def duplicate_groups(
     return union.groups(), similarity
 
 
-def keeper(inputs: CheckInputs, group: list[int]) -> int:
-    """The member to keep: the largest image, then the shortest path, for a stable choice."""
+def keeper(inputs: CheckInputs, group: list[int], pairs: dict[tuple[int, int], float]) -> int:
+    """The member to keep: the largest image, then the one most like the rest of the group (its
+    linked pairs' similarities summed: a member linked only just above the threshold may not be
+    a copy at all), then the shortest path, for a stable choice."""
     images = inputs.images
+
+    def likeness(row: int) -> float:
+        return sum(similarity for pair, similarity in pairs.items() if row in pair)
 
     def rank(row: int) -> tuple:
         position = inputs.rows[row]
         return (
             -int(images.width[position]) * int(images.height[position]),
+            -round(likeness(row), 6),
             len(images.paths[position]),
             images.paths[position],
         )
@@ -92,7 +98,7 @@ def keeper(inputs: CheckInputs, group: list[int]) -> int:
 
 
 def group_evidence(inputs: CheckInputs, group: list[int], pairs: dict) -> dict:
-    keep = keeper(inputs, group)
+    keep = keeper(inputs, group, pairs)
     return {
         "members": [
             {

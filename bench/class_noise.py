@@ -16,22 +16,18 @@ Results go to bench/results/class_noise.md.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from cleanlab.count import estimate_joint
 
 from auditor.checks.mislabel import MislabelCheck
 from auditor.noise import fit_noise_model
 from auditor.pipeline.summary import class_noise
-from bench import cifar
 from bench.quality import (
     our_mislabel,
     results_name,
-    subset_arguments,
     subset_heading,
     subset_prediction,
-    subset_rows,
+    subset_run,
 )
 from bench.report import write_results
 
@@ -67,16 +63,12 @@ def top_confusion(matrix: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    subset_arguments(parser)
-    args = parser.parse_args()
-    rows, clean = subset_rows(args)
+    args, rows, clean = subset_run(__doc__)
     lines = [
         *subset_heading(
             "Per-class noise estimates on CIFAR-10N",
             "class_noise",
-            args.n,
-            args.start,
+            args,
             "probabilities as in bench/quality.py. Error in percentage points against each "
             "given class's true share of wrong labels.",
         ),
@@ -120,6 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
     main()

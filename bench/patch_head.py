@@ -11,7 +11,6 @@ probabilities come from bench/quality.py's cache. Results go to bench/results/pa
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -28,9 +27,8 @@ from bench.quality import (
     results_name,
     scores,
     stacked_with_cnn,
-    subset_arguments,
     subset_heading,
-    subset_rows,
+    subset_run,
 )
 from bench.report import write_results
 
@@ -53,17 +51,13 @@ def cleanlab_scores(probabilities: np.ndarray, labels: np.ndarray, truth: np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    subset_arguments(parser)
-    args = parser.parse_args()
-    rows, clean = subset_rows(args)
+    args, rows, clean = subset_run(__doc__.split("\n\n")[0])
     encoded = cached_patch_features(args.start, args.n)
     lines = [
         *subset_heading(
             "Patch heads: linear and one hidden layer",
             "patch_head",
-            args.n,
-            args.start,
+            args,
             "the same mirror-invariant patch features for both heads, 4 folds; F1 and AUROC "
             "against `noisy != clean`; CPU-minutes of the heads alone.",
         ),

@@ -114,13 +114,15 @@ def datalab_features_only(pool: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def subset_heading(title: str, module: str, n: int, start: int, description: str) -> list[str]:
+def subset_heading(
+    title: str, module: str, args: argparse.Namespace, description: str
+) -> list[str]:
     """A results file's heading with its command, and a line naming the images and the method."""
-    option = f" --start {start}" if start else ""
+    option = f" --start {args.start}" if args.start else ""
     return [
-        f"### {title} (`python -m bench.{module} --n {n}{option}`)",
+        f"### {title} (`python -m bench.{module} --n {args.n}{option}`)",
         "",
-        f"Images {start} to {start + n - 1}; {description}",
+        f"Images {args.start} to {args.start + args.n - 1}; {description}",
     ]
 
 
@@ -141,13 +143,16 @@ def results_name(stem: str, args: argparse.Namespace) -> str:
     return f"{stem}{size}{start}.md"
 
 
-def subset_rows(args: argparse.Namespace) -> tuple[slice, np.ndarray]:
-    """The subset's rows and their clean labels; stops when CIFAR-10N is not beside the
-    repository."""
+def subset_run(description: str) -> tuple[argparse.Namespace, slice, np.ndarray]:
+    """A bench script's command line (--n, --start, --labels), the subset's rows and their clean
+    labels; stops when CIFAR-10N is not beside the repository."""
+    parser = argparse.ArgumentParser(description=description)
+    subset_arguments(parser)
+    args = parser.parse_args()
     if not cifar.available():
         raise SystemExit("CIFAR-10N not found beside the repository")
     rows = slice(args.start, args.start + args.n)
-    return rows, cifar.load_labels()["clean"][rows]
+    return args, rows, cifar.load_labels()["clean"][rows]
 
 
 def noisy_labels(column: str, rows: slice, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,16 +193,12 @@ def stacked_with_cnn(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    subset_arguments(parser)
-    args = parser.parse_args()
-    rows, clean = subset_rows(args)
+    args, rows, clean = subset_run(__doc__)
     lines = [
         *subset_heading(
             "Mislabel quality on CIFAR-10N",
             "quality",
-            args.n,
-            args.start,
+            args,
             f"probabilities from the pipeline's `{TRAINED_STRATEGY}` "
             "(`patch_heads` and `cnn_crossfit` mixed by a stacking weight); machine: "
             f"{platform.machine()}, 2 cores (shared). Truth: noisy label != clean.",

@@ -3,6 +3,7 @@ its prediction (the property every label-error check depends on)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -221,16 +222,17 @@ def test_progress_moves_through_the_work_and_can_stop_it(strategy, parts):
     """A long predict stage reports as it goes (epochs of each network, the patch heads' parts),
     and what the reporter raises, as an audit's cancel does, stops the work at once."""
     images, labels = digit_images(300)
-    shares: list[float] = []
-    out_of_sample_probabilities(
+    predict = functools.partial(
+        out_of_sample_probabilities,
         strategy,
         images=images,
         labels=labels,
         n_classes=10,
         folds=3,
         train_config=TINY,
-        progress=shares.append,
     )
+    shares: list[float] = []
+    predict(progress=shares.append)
     assert shares == sorted(shares) and shares[-1] == 1.0
     assert len(set(shares)) >= parts + 1 and 0 < shares[0] <= 0.5
 
@@ -241,15 +243,7 @@ def test_progress_moves_through_the_work_and_can_stop_it(strategy, parts):
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        out_of_sample_probabilities(
-            strategy,
-            images=images,
-            labels=labels,
-            n_classes=10,
-            folds=3,
-            train_config=TINY,
-            progress=cancel,
-        )
+        predict(progress=cancel)
 
 
 def test_patch_heads_need_no_training_and_are_deterministic():

@@ -341,47 +341,18 @@ def out_of_sample_probabilities(
             result.group_probabilities, result.group_covered = group_held_out_probabilities(
                 features, labels, n_classes, holdout_groups, seed=seed
             )
-    elif strategy == "patch_heads":
-        result = _patch_heads(
-            _require_images(images, labels),
-            labels,
-            n_classes,
-            folds,
-            seed,
-            holdout_groups,
-            device,
-            report,
-        )
-    elif strategy == "patch_cnn":
-        result = _patch_cnn(
-            _require_images(images, labels),
-            labels,
-            n_classes,
-            folds,
-            seed,
-            config,
-            head,
-            holdout_groups,
-            device,
-            report,
-        )
-    elif strategy == "cnn_kfold":
-        result = _cnn_kfold(
-            _require_images(images, labels), labels, n_classes, folds, seed, config, device, report
-        )
-    elif strategy in ("cnn_crossfit", "cnn_once_heads"):
-        network_with_heads = _cnn_crossfit if strategy == "cnn_crossfit" else _cnn_once_heads
-        result = network_with_heads(
-            _require_images(images, labels),
-            labels,
-            n_classes,
-            folds,
-            seed,
-            config,
-            head,
-            device,
-            report,
-        )
+    elif strategy in STRATEGIES:
+        common = (_require_images(images, labels), labels, n_classes, folds, seed)
+        if strategy == "patch_heads":
+            result = _patch_heads(*common, holdout_groups, device, report)
+        elif strategy == "patch_cnn":
+            result = _patch_cnn(*common, config, head, holdout_groups, device, report)
+        elif strategy == "cnn_kfold":
+            result = _cnn_kfold(*common, config, device, report)
+        elif strategy == "cnn_crossfit":
+            result = _cnn_crossfit(*common, config, head, device, report)
+        else:
+            result = _cnn_once_heads(*common, config, head, device, report)
     else:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if holdout_groups is not None and result.group_probabilities is None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,15 @@ class KnnGraph:
         )
 
 
+def centred_unit_rows(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows minus `mean`, L2-normalised, as float32: post-ReLU features and pixel thumbnails all
+    point into one orthant, where every pair looks similar; centring spreads them so that cosine
+    similarity separates copies from kin."""
+    centred = vectors - mean
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return (centred / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def knn_graph(
     vectors: np.ndarray,
     k: int,
@@ -139,10 +148,12 @@ def knn_graph(
             np.empty((n_vectors, 0), np.int64), np.empty((n_vectors, 0), np.float32), metric
         )
     search = _BlockSearch(_wants_gpu(use_gpu), metric)
-    report = progress or (lambda fraction: None)
+    report = progress or _unreported
     with _faiss_threads(threads):
         if n_vectors <= exact_max:
-            indices, similarities = _exact_neighbours(vectors, k + 1, search, batch_size, report)
+            indices, similarities = _exact_neighbours(
+                vectors, vectors, k + 1, search, batch_size, report
+            )
         else:
             n_lists, n_probe = ivf_parameters(n_vectors, n_lists, n_probe)
             indices, similarities = _ivf_neighbours(
@@ -150,6 +161,52 @@ def knn_graph(
             )
     report(1.0)
     return _drop_self(indices, similarities, k, metric)
+
+
+def neighbours_in(
+    database: np.ndarray,
+    query_batches: Iterable[np.ndarray],
+    k: int,
+    *,
+    exact_max: int = DEFAULT_EXACT_MAX,
+    threads: int | None = None,
+    use_gpu: str | bool = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    n_lists: int | None = None,
+    n_probe: int | None = None,
+    seed: int = 0,
+) -> Iterator[KnnGraph]:
+    """For each batch of query vectors in turn, the k rows of `database` most similar to each
+    query by cosine, all L2-normalised: for queries that are not the database's own rows (other
+    views of its images, say), too many to hold at once. Exact up to `exact_max` database rows;
+    beyond, the IVF partition of `knn_graph`, built once for all batches. A query may find fewer
+    than k rows in its probed lists: those slots hold index -1 and similarity -inf."""
+    database = _as_float32_matrix(database)
+    k = min(k, database.shape[0])
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    search = _BlockSearch(_wants_gpu(use_gpu))
+    with _faiss_threads(threads):
+        partition = None
+        if database.shape[0] > exact_max:
+            n_lists, n_probe = ivf_parameters(database.shape[0], n_lists, n_probe)
+            centroids = _train_centroids(database, n_lists, search.gpu, seed)
+            primary = _assign_to_lists(database, centroids, 1, search, batch_size)[:, 0]
+            partition = (centroids, n_probe, _group_by_list(primary, n_lists))
+    for queries in query_batches:
+        queries = _as_float32_matrix(queries)
+        with _faiss_threads(threads):
+            if partition is None:
+                indices, similarities = _exact_neighbours(
+                    queries, database, k, search, batch_size, _unreported
+                )
+            else:
+                centroids, n_probe, membership = partition
+                probes = _assign_to_lists(queries, centroids, n_probe, search, batch_size)
+                indices, similarities = _search_lists(
+                    queries, probes, database, membership, k, search, batch_size, _unreported
+                )
+        yield KnnGraph(indices, similarities)
 
 
 def euclidean_neighbours(queries: np.ndarray, database: np.ndarray, k: int) -> KnnGraph:
@@ -267,20 +324,21 @@ class _BlockSearch:
 
 
 def _exact_neighbours(
-    vectors: np.ndarray,
+    queries: np.ndarray,
+    database: np.ndarray,
     k: int,
     search: _BlockSearch,
     batch_size: int,
     report: Callable[[float], None],
 ) -> tuple[np.ndarray, np.ndarray]:
-    n_vectors = vectors.shape[0]
-    indices = np.empty((n_vectors, k), np.int64)
-    similarities = np.empty((n_vectors, k), np.float32)
-    for start in range(0, n_vectors, batch_size):
-        stop = min(start + batch_size, n_vectors)
+    n_queries = queries.shape[0]
+    indices = np.empty((n_queries, k), np.int64)
+    similarities = np.empty((n_queries, k), np.float32)
+    for start in range(0, n_queries, batch_size):
+        stop = min(start + batch_size, n_queries)
         # A row slice of a C-contiguous array is contiguous: FAISS reads it without a copy.
-        similarities[start:stop], indices[start:stop] = search(vectors[start:stop], vectors, k)
-        report(stop / n_vectors)
+        similarities[start:stop], indices[start:stop] = search(queries[start:stop], database, k)
+        report(stop / n_queries)
     return indices, similarities
 
 
@@ -295,28 +353,60 @@ def _ivf_neighbours(
     report: Callable[[float], None],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k over each vector's `n_probe` nearest lists; see the module docstring."""
-    n_vectors = vectors.shape[0]
     centroids = _train_centroids(vectors, n_lists, search.gpu, seed, spherical=not search.euclidean)
     report(0.1)
     probes = _assign_to_lists(vectors, centroids, n_probe, search, batch_size)
     report(0.2)
     members_start, members = _group_by_list(probes[:, 0], n_lists)
-    probers_start, probers = _group_by_list(probes.ravel(), n_lists)
-    probers //= n_probe  # flat (vector, probe) position -> vector row
-    del probes
+    best_indices, best_similarities = _search_lists(
+        vectors,
+        probes,
+        vectors,
+        (members_start, members),
+        k,
+        search,
+        batch_size,
+        lambda fraction: report(0.2 + 0.8 * fraction),
+    )
+    # Probed lists holding fewer than k vectors in all: search those rows exhaustively.
+    short_rows = np.flatnonzero(best_indices[:, -1] < 0)
+    for start in range(0, len(short_rows), batch_size):
+        rows = short_rows[start : start + batch_size]
+        best_similarities[rows], best_indices[rows] = search(vectors[rows], vectors, k)
+    return best_indices, best_similarities
 
-    best_indices = np.full((n_vectors, k), -1, np.int64)
-    best_similarities = np.full((n_vectors, k), -np.inf, np.float32)
+
+def _search_lists(
+    queries: np.ndarray,
+    probes: np.ndarray,
+    database: np.ndarray,
+    membership: tuple[np.ndarray, np.ndarray],
+    k: int,
+    search: _BlockSearch,
+    batch_size: int,
+    report: Callable[[float], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each query among the database members of the lists it probes: for each list, one
+    BLAS product of the list's members with every query that probes it. `membership` is the CSR
+    grouping of database rows by list (`_group_by_list`); rows whose probed lists hold fewer than
+    k members in all keep index -1 in their empty slots."""
+    n_lists = len(membership[0]) - 1
+    members_start, members = membership
+    n_probe = probes.shape[1]
+    probers_start, probers = _group_by_list(probes.ravel(), n_lists)
+    probers //= n_probe  # flat (query, probe) position -> query row
+    best_indices = np.full((queries.shape[0], k), -1, np.int64)
+    best_similarities = np.full((queries.shape[0], k), -np.inf, np.float32)
     for list_id in range(n_lists):
         list_members = members[members_start[list_id] : members_start[list_id + 1]]
         if len(list_members) == 0:
             continue
-        database = vectors[list_members]
+        list_database = database[list_members]
         list_k = min(k, len(list_members))
         list_probers = probers[probers_start[list_id] : probers_start[list_id + 1]]
         for start in range(0, len(list_probers), batch_size):
             rows = list_probers[start : start + batch_size]
-            found_similarities, found_positions = search(vectors[rows], database, list_k)
+            found_similarities, found_positions = search(queries[rows], list_database, list_k)
             _merge_top_k(
                 best_indices,
                 best_similarities,
@@ -324,13 +414,7 @@ def _ivf_neighbours(
                 list_members[found_positions],
                 found_similarities,
             )
-        report(0.2 + 0.8 * (list_id + 1) / n_lists)
-
-    # Probed lists holding fewer than k vectors in all: search those rows exhaustively.
-    short_rows = np.flatnonzero(best_indices[:, -1] < 0)
-    for start in range(0, len(short_rows), batch_size):
-        rows = short_rows[start : start + batch_size]
-        best_similarities[rows], best_indices[rows] = search(vectors[rows], vectors, k)
+        report((list_id + 1) / n_lists)
     return best_indices, best_similarities
 
 
@@ -411,6 +495,10 @@ def _drop_self(indices: np.ndarray, similarities: np.ndarray, k: int, metric: st
         np.ascontiguousarray(similarities[keep].reshape(n_rows, k)),
         metric,
     )
+
+
+def _unreported(fraction: float) -> None:
+    return None
 
 
 def _as_float32_matrix(vectors: np.ndarray) -> np.ndarray:

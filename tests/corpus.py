@@ -17,6 +17,18 @@ def noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+def scene(rng: np.random.Generator, side: int = 32) -> Image.Image:
+    """A smooth random picture: a colour gradient and a few blobs, unlike any other scene."""
+    ys, xs = np.mgrid[0:side, 0:side] / side
+    pixels = rng.random(3) * 200 * (0.3 + xs[..., None]) + rng.random(3) * 55 * ys[..., None]
+    for _ in range(3):
+        cx, cy, radius = rng.random(3)
+        pixels += ((xs - cx) ** 2 + (ys - cy) ** 2 < (0.08 + 0.2 * radius) ** 2)[..., None] * (
+            rng.random(3) * 160 - 80
+        )
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)

@@ -1,4 +1,4 @@
-"""Planted copies under a crop, a mirror and JPEG recompression, through the real pipeline: found,
+"""Planted copies under crops, a mirror and JPEG recompression, through the real pipeline: found,
 with label conflicts and a train/test leak named, and distinct images left alone."""
 
 from __future__ import annotations
@@ -15,18 +15,7 @@ from auditor.db.models import Finding, FindingImage
 from auditor.db.models import Image as ImageRow
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.audit import create_audit, run_audit
-
-
-def scene(rng: np.random.Generator, side: int = 32) -> Image.Image:
-    """A smooth random picture: a colour gradient and a few blobs, unlike any other scene."""
-    ys, xs = np.mgrid[0:side, 0:side] / side
-    pixels = rng.random(3) * 200 * (0.3 + xs[..., None]) + rng.random(3) * 55 * ys[..., None]
-    for _ in range(3):
-        cx, cy, radius = rng.random(3)
-        pixels += ((xs - cx) ** 2 + (ys - cy) ** 2 < (0.08 + 0.2 * radius) ** 2)[..., None] * (
-            rng.random(3) * 160 - 80
-        )
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+from tests.corpus import scene
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -46,6 +35,8 @@ def test_planted_copies_are_found_and_distinct_images_are_not(session_factory, t
         rows.append({"path": f"{index:03d}.png", "label": f"c{index % 3}", "split": "train"})
     copies = {
         "crop.png": (0, originals[0].crop((1, 1, 31, 31)).resize((32, 32)), "c0", "train"),
+        # 81% of the side, in a corner: its whole thumbnail is far from the original's (0.92).
+        "deep_crop.png": (5, originals[5].crop((6, 0, 32, 26)).resize((32, 32)), "c2", "train"),
         "mirror.png": (1, originals[1].transpose(Image.FLIP_LEFT_RIGHT), "c1", "train"),
         "jpeg.jpg": (2, jpeg(originals[2], 40), "c2", "train"),
         "conflict.png": (3, originals[3].transpose(Image.FLIP_LEFT_RIGHT), "c1", "train"),

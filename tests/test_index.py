@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 # faiss through auditor.index, which sets its OpenMP wait policy before loading it.
-from auditor.index import KnnGraph, VectorIndex, faiss, knn_graph
+from auditor.index import KnnGraph, VectorIndex, faiss, knn_graph, neighbours_in
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -219,3 +219,22 @@ def test_euclidean_graph_matches_brute_force_distances(exact_max):
 def test_unknown_metric_is_refused():
     with pytest.raises(ValueError, match="metric"):
         knn_graph(random_unit_vectors(10, 4), 2, metric="manhattan")
+
+
+@pytest.mark.parametrize("exact_max", [10_000, 100], ids=["exact", "ivf"])
+def test_neighbours_in_searches_each_batch_against_the_database(exact_max):
+    database = clustered_unit_vectors(2_000, 32, 20, seed=4)
+    rng = np.random.default_rng(5)
+    sources = rng.integers(0, len(database), 300)
+    queries = unit_rows(database[sources] + 0.01 * rng.standard_normal((300, 32)))
+    batches = list(
+        neighbours_in(database, [queries[:120], queries[120:]], 3, exact_max=exact_max, n_probe=4)
+    )
+    assert [graph.indices.shape for graph in batches] == [(120, 3), (180, 3)]
+    found = np.concatenate([graph.indices for graph in batches])
+    # Each query is its source row, barely moved: the source must come first.
+    np.testing.assert_array_equal(found[:, 0], sources)
+    expected = queries @ database.T
+    top = np.concatenate([graph.similarities for graph in batches])[:, 0]
+    np.testing.assert_allclose(top, expected[np.arange(300), sources], atol=1e-5)
+    assert (np.diff(np.concatenate([g.similarities for g in batches]), axis=1) <= 1e-6).all()

@@ -115,23 +115,6 @@ def load_pixels_cached(
     return pixels.reshape(len(shas), side, side, 3), ok, len(missing)
 
 
-def duplicate_descriptor(pixels: np.ndarray, side: int = 8) -> np.ndarray:
-    """A copy-detection vector per image: an 8x8 colour thumbnail split into its mirror-symmetric
-    part and the magnitude of its antisymmetric part, so an image and its mirror get the same
-    vector. A CNN trained here to classify pulls every image of a class together, which is what
-    mislabel detection wants and copy detection does not (see bench/duplicates.py)."""
-    small = np.stack(
-        [
-            np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), np.float32)
-            for image in pixels
-        ]
-    )
-    mirrored = small[:, :, ::-1]
-    return np.concatenate([(small + mirrored) / 2, np.abs(small - mirrored)], axis=1).reshape(
-        len(pixels), -1
-    )
-
-
 APPEARANCE_CHUNK_ROWS = 4_096
 """Images per step of `appearance_descriptor`: bounds its float temporaries to about 50 MiB at
 32 x 32 pixels."""

@@ -23,18 +23,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.checks import CheckInputs, run_checks
 from auditor.config import Settings
+from auditor.copies import copy_neighbours
 from auditor.db.findings import save_findings
 from auditor.db.models import AuditAnalysis, Dataset, ImageStatus
 from auditor.db.queries import mislabel_flags_by_label
 from auditor.embed.cache import FeatureStore, embed_with_cache
 from auditor.embed.distributed import BackboneSpec, embed_with_ray
 from auditor.embed.extract import resolve_device
-from auditor.embed.pixels import (
-    appearance_descriptor,
-    duplicate_descriptor,
-    load_pixels_cached,
-    pixel_store,
-)
+from auditor.embed.pixels import appearance_descriptor, load_pixels_cached, pixel_store
 from auditor.embed.weights import hub_checkpoint_path
 from auditor.hierarchy import (
     HierarchyError,
@@ -47,7 +43,7 @@ from auditor.hierarchy import (
     learn_hierarchy,
     parse_hierarchy,
 )
-from auditor.index import KnnGraph, knn_graph
+from auditor.index import KnnGraph, centred_unit_rows, knn_graph
 from auditor.ingest.ingest import load_image_table
 from auditor.ingest.sources import open_source
 from auditor.pipeline.artifacts import AuditArtifacts
@@ -277,11 +273,8 @@ def predictions(ctx: AuditContext) -> dict[str, np.ndarray]:
 
 
 def search_vectors(features: np.ndarray) -> np.ndarray:
-    """Centred, then L2-normalised: post-ReLU features all point into one orthant, where every
-    pair looks similar; centring spreads them so cosine similarity separates copies from kin."""
-    centred = features - features.mean(axis=0, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    return (centred / np.maximum(norms, 1e-12)).astype(np.float32)
+    """Centred on their mean, then L2-normalised (`centred_unit_rows`)."""
+    return centred_unit_rows(features, features.mean(axis=0, keepdims=True))
 
 
 def index_stage(ctx: AuditContext) -> None:
@@ -298,8 +291,7 @@ def index_stage(ctx: AuditContext) -> None:
     copies, appearance = graph, None
     if "pixels" in embedded:
         pixels = embedded["pixels"][predicted["ok"]]
-        descriptor = search_vectors(duplicate_descriptor(pixels))
-        copies = knn_graph(descriptor, k, progress=lambda f: ctx.report(0.5 + f / 4))
+        copies = copy_neighbours(pixels, k, progress=lambda f: ctx.report(0.5 + f / 4))
         appearance = knn_graph(
             appearance_descriptor(pixels),
             APPEARANCE_K,

@@ -7,7 +7,9 @@ uploaded image needs a vector from the same model; `embedder_for_audit` provides
 audit used a pretrained backbone. A CNN trained during the audit is not saved, so then the check
 answers from hashes alone (SHA-256 and perceptual hash) and says `model_available: false`; it
 still says how unlike the audited images the upload looks (`appearance`), from the thumbnails of
-colour and edges that the audit's outlier check compared.
+colour and edges that the audit's outlier check compared. A stored image's copies are the ones the
+audit linked (its copy graph under the duplicate threshold), so the check and the audit's
+near_duplicate findings agree.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from auditor.checks.duplicates import NearDuplicateCheck
 from auditor.checks.outlier import OutlierCheck, robust_scale
 from auditor.config import Settings
 from auditor.db.models import Audit, Image, ImageStatus
@@ -90,6 +93,14 @@ def appearance_reference(artifacts: AuditArtifacts, ok: np.ndarray) -> Appearanc
     )
 
 
+def copy_graph(artifacts: AuditArtifacts) -> KnnGraph | None:
+    """The graph of candidate copies the audit's duplicate checks read, rows as in `AuditModel`."""
+    graph = artifacts.load_arrays("index")
+    if not graph or "copy_indices" not in graph:
+        return None
+    return KnnGraph(graph["copy_indices"], graph["copy_similarities"])
+
+
 @dataclass
 class AuditModel:
     """What one audit left on disk that the check needs, loaded once and kept."""
@@ -102,6 +113,7 @@ class AuditModel:
     index: VectorIndex
     row_of: dict[int, int]
     appearance: AppearanceReference | None = None
+    copies: KnnGraph | None = None
 
 
 _models: dict[tuple[str, float], AuditModel] = {}
@@ -133,6 +145,7 @@ def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
         index=VectorIndex.build(predicted[f"layer_{SEARCH_LAYER}"]),
         row_of={int(image_id): row for row, image_id in enumerate(image_ids)},
         appearance=appearance_reference(artifacts, ok),
+        copies=copy_graph(artifacts),
     )
     with _models_lock:
         _models[stamp] = model
@@ -274,10 +287,12 @@ def check_image(
         if embed is not None and picture is not None:
             neighbours = neighbour_rows(session, model, embed(picture), image_id)
             probabilities, method = knn_distribution(model, neighbours), "knn"
-    for item in neighbours:
-        if item["similarity"] >= NEAR_DUPLICATE_SIMILARITY and all(
-            d["image_id"] != item["image_id"] for d in duplicates
-        ):
+    if model is not None and image_id is not None and image_id in model.row_of:
+        similar = audited_copies(session, audit, model, image_id)
+    else:
+        similar = [item for item in neighbours if item["similarity"] >= NEAR_DUPLICATE_SIMILARITY]
+    for item in similar:
+        if all(d["image_id"] != item["image_id"] for d in duplicates):
             duplicates.append(
                 {"image_id": item["image_id"], "path": item["path"], "reason": "similarity"}
             )
@@ -302,6 +317,34 @@ def check_image(
             round(float(probabilities[names.index(label)]), 6) if label in names else 0.0
         )
     return answer
+
+
+def audited_copies(
+    session: Session, audit: Audit, model: AuditModel, image_id: int
+) -> list[dict[str, Any]]:
+    """The images the audit linked to a stored one as copies, under its duplicate threshold: the
+    same evidence its near_duplicate findings rest on. (The search layer of a CNN trained on the
+    data puts most images of a class within cosine 0.95 of one another, so it is no evidence of
+    a copy.)"""
+    if model.copies is None:
+        return []
+    checks = (audit.parameters or {}).get("checks") or {}
+    threshold = float(
+        (checks.get("near_duplicate") or {}).get(
+            "threshold", NearDuplicateCheck.defaults["threshold"]
+        )
+    )
+    row = model.row_of[image_id]
+    rows = [
+        int(other)
+        for other, similarity in zip(
+            model.copies.indices[row], model.copies.similarities[row], strict=True
+        )
+        if other >= 0 and similarity >= threshold
+    ]
+    ids = [int(model.image_ids[other]) for other in rows]
+    paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_(ids))).all())
+    return [{"image_id": i, "path": paths.get(i, "")} for i in ids]
 
 
 def appearance_answer(

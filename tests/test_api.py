@@ -94,6 +94,7 @@ def seed(factory, tmp_path: Path) -> Seeded:
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         features = rng.normal(size=(len(usable), 16)).astype(np.float32)
         features /= np.linalg.norm(features, axis=1, keepdims=True)
+        features[5] = features[4]  # alike to the model, not linked as copies
         audit = Audit(
             dataset_id=result.dataset_id,
             status=AuditStatus.COMPLETED,
@@ -163,6 +164,16 @@ def seed(factory, tmp_path: Path) -> Seeded:
             probabilities=probabilities,
             layer_order=np.array(["pool"]),
             layer_pool=features,
+        )
+        # The copy graph of the near_duplicate finding above: rows 0 and 1 linked, 2 and 3 below
+        # the threshold.
+        copy_indices = np.full((len(usable), 1), -1)
+        copy_similarities = np.full((len(usable), 1), -np.inf, dtype=np.float32)
+        for a, b, similarity in ((0, 1, 0.97), (2, 3, 0.9)):
+            copy_indices[[a, b], 0] = b, a
+            copy_similarities[[a, b], 0] = similarity
+        artifacts.save_arrays(
+            "index", copy_indices=copy_indices, copy_similarities=copy_similarities
         )
         paths = dict(zip(table.paths, (int(i) for i in table.ids), strict=True))
     return Seeded(settings, result.dataset_id, audit.id, manifest.parent, paths, factory)
@@ -480,6 +491,19 @@ def test_check_endpoint(client, seeded):
     url = f"{API}/datasets/{seeded.dataset_id}/check"
     by_id = client.post(url, data={"label": "three", "image_id": str(image_id)}).json()
     assert by_id["model_available"] and 0 <= by_id["label_quality"] <= 1
+    # Stored images' copies are the audit's: its copy graph under the duplicate threshold, not
+    # the model's nearest neighbours (the twin of row 4 is its neighbour at similarity 1).
+    frozen = AuditArtifacts(seeded.settings.data_dir, seeded.audit_id).load_arrays("ingest")
+    row_ids = [int(i) for i in frozen["image_ids"]]
+
+    def similar(row: int) -> list[int]:
+        answer = client.post(url, data={"label": "three", "image_id": str(row_ids[row])}).json()
+        return [d["image_id"] for d in answer["duplicates"] if d["reason"] == "similarity"]
+
+    assert similar(0) == [row_ids[1]] and similar(1) == [row_ids[0]]
+    assert similar(2) == [] and similar(5) == []
+    twin = client.post(url, data={"label": "three", "image_id": str(row_ids[4])}).json()
+    assert row_ids[5] in [n["image_id"] for n in twin["neighbours"]]
     assert by_id["suggested_label"] and len(by_id["neighbours"]) == 5
     assert all(n["image_id"] != image_id for n in by_id["neighbours"])
     data = (seeded.root / path).read_bytes()

@@ -70,7 +70,8 @@ def finding_html(finding: Finding, images: list[Image], source: Source | None) -
             if uri
             else f'<div class="missing">{escape(image.status)}</div>'
         )
-        tiles.append(f"<figure>{picture}<figcaption>{escape(image.path)}</figcaption></figure>")
+        caption = escape(image.path) + member_note(finding.evidence or {}, image.id)
+        tiles.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
     reason = finding_reason(finding.evidence or {})
     labels = f"given <b>{escape(finding.given_label or '-')}</b>"
     if finding.suggested_label:
@@ -80,6 +81,17 @@ def finding_html(finding: Finding, images: list[Image], source: Source | None) -
         f'<div class="score">score {finding.score:.2f} &middot; {escape(finding.severity)}</div>'
         f"<div>{labels}</div><div>{escape(str(reason))}</div></div></div>"
     )
+
+
+def member_note(evidence: dict, image_id: int) -> str:
+    """For a group of copies: the member's own label, and which member to keep."""
+    member = next((m for m in evidence.get("members", []) if m.get("image_id") == image_id), None)
+    if member is None:
+        return ""
+    note = f" &middot; {html.escape(str(member.get('label') or '-'))}"
+    if (evidence.get("keep") or {}).get("image_id") == image_id:
+        note += " &middot; <b>keep</b>"
+    return note
 
 
 def finding_reason(evidence: dict) -> str:

@@ -15,6 +15,7 @@ from auditor.db.models import Finding, FindingImage
 from auditor.db.models import Image as ImageRow
 from auditor.ingest.ingest import ingest
 from auditor.pipeline.audit import create_audit, run_audit
+from auditor.report import render_report
 from tests.corpus import scene
 
 
@@ -69,3 +70,10 @@ def test_planted_copies_are_found_and_distinct_images_are_not(session_factory, t
     assert set(groups["near_duplicate"]) == planted
     assert groups["label_conflict"] == [frozenset({"003.png", "conflict.png"})]
     assert groups["split_leak"] == [frozenset({"004.png", "leak.jpg"})]
+    # The report names each member's label and the member to keep.
+    with session_factory() as session:
+        report = render_report(session, audit_id)
+    conflict = report[report.index("<h3>label_conflict</h3>") :]
+    conflict = conflict[: conflict.index("</div></div>")]
+    assert "003.png &middot; c0" in conflict and "conflict.png &middot; c1" in conflict
+    assert conflict.count("&middot; <b>keep</b>") == 1

@@ -169,12 +169,9 @@ def neighbours_in(
     k: int,
     *,
     exact_max: int = DEFAULT_EXACT_MAX,
-    threads: int | None = None,
-    use_gpu: str | bool = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
     n_lists: int | None = None,
     n_probe: int | None = None,
-    seed: int = 0,
+    use_gpu: str | bool = "auto",
 ) -> Iterator[KnnGraph]:
     """For each batch of query vectors in turn, the k rows of `database` most similar to each
     query by cosine, all L2-normalised: for queries that are not the database's own rows (other
@@ -186,26 +183,24 @@ def neighbours_in(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     search = _BlockSearch(_wants_gpu(use_gpu))
-    with _faiss_threads(threads):
-        partition = None
-        if database.shape[0] > exact_max:
-            n_lists, n_probe = ivf_parameters(database.shape[0], n_lists, n_probe)
-            centroids = _train_centroids(database, n_lists, search.gpu, seed)
-            primary = _assign_to_lists(database, centroids, 1, search, batch_size)[:, 0]
-            partition = (centroids, n_probe, _group_by_list(primary, n_lists))
+    partition = None
+    if database.shape[0] > exact_max:
+        n_lists, n_probe = ivf_parameters(database.shape[0], n_lists, n_probe)
+        centroids = _train_centroids(database, n_lists, search.gpu, 0)
+        primary = _assign_to_lists(database, centroids, 1, search, DEFAULT_BATCH_SIZE)[:, 0]
+        partition = (centroids, n_probe, _group_by_list(primary, n_lists))
     for queries in query_batches:
         queries = _as_float32_matrix(queries)
-        with _faiss_threads(threads):
-            if partition is None:
-                indices, similarities = _exact_neighbours(
-                    queries, database, k, search, batch_size, _unreported
-                )
-            else:
-                centroids, n_probe, membership = partition
-                probes = _assign_to_lists(queries, centroids, n_probe, search, batch_size)
-                indices, similarities = _search_lists(
-                    queries, probes, database, membership, k, search, batch_size, _unreported
-                )
+        if partition is None:
+            indices, similarities = _exact_neighbours(
+                queries, database, k, search, DEFAULT_BATCH_SIZE, _unreported
+            )
+        else:
+            centroids, n_probe, membership = partition
+            probes = _assign_to_lists(queries, centroids, n_probe, search, DEFAULT_BATCH_SIZE)
+            indices, similarities = _search_lists(
+                queries, probes, database, membership, k, search, DEFAULT_BATCH_SIZE, _unreported
+            )
         yield KnnGraph(indices, similarities)
 
 

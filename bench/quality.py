@@ -72,16 +72,18 @@ def scores(flagged: np.ndarray, ranking: np.ndarray, truth: np.ndarray) -> dict[
     }
 
 
-def our_mislabel(
-    probabilities: np.ndarray, pool: np.ndarray, labels: np.ndarray, **settings
-) -> dict:
+def cifar_check_inputs(
+    labels: np.ndarray, probabilities: np.ndarray, pool: np.ndarray | None = None
+) -> CheckInputs:
+    """A check's inputs for CIFAR rows: labels, probabilities and, given CNN pool features, them
+    and their kNN graph; an image table with nothing but the labels and row numbers."""
     n = len(labels)
     table = ImageTable(
         ids=np.arange(n), paths=[""] * n, status=["ok"] * n, errors=[None] * n,
         sha256=[None] * n, phash=[None] * n, width=np.zeros(n), height=np.zeros(n),
         stats=[{}] * n, labels=[str(c) for c in labels], splits=[None] * n,
     )  # fmt: skip
-    inputs = CheckInputs(
+    return CheckInputs(
         dataset_id=0,
         images=table,
         class_names=list(cifar.CLASSES),
@@ -89,8 +91,15 @@ def our_mislabel(
         labels=labels,
         features=pool,
         probabilities=probabilities,
-        knn=knn_graph(search_vectors(pool), 10),
+        knn=knn_graph(search_vectors(pool), 10) if pool is not None else None,
     )
+
+
+def our_mislabel(
+    probabilities: np.ndarray, pool: np.ndarray, labels: np.ndarray, **settings
+) -> dict:
+    n = len(labels)
+    inputs = cifar_check_inputs(labels, probabilities, pool)
     labeled, issues, score, evidence = REGISTRY["mislabel"](**settings).scores(inputs)
     flagged = np.zeros(n, bool)
     flagged[labeled[issues]] = True

@@ -310,6 +310,47 @@ def test_synonym_pair_is_the_top_ambiguous_pair(planted_run):
     assert all(d.score < top.score for d in others)
 
 
+def weak_model_with_synonyms(per_class: int = 400) -> CheckInputs:
+    """Ten classes that a weak model gets right 55% of the time, spreading its misses evenly
+    (5% of each class on every other one), except that classes 8 and 9 are one concept: 35% of
+    each is predicted as the other."""
+    n_classes = 10
+    names = [f"class{c}" for c in range(8)] + ["sunglass", "sunglasses"]
+    labels, predicted = [], []
+    for label in range(n_classes):
+        misses = np.full(n_classes, 0.05)
+        if label >= 8:
+            misses[:] = 0.0125
+            misses[17 - label] = 0.35
+        misses[label] = 0.55
+        counts = np.round(misses * per_class).astype(int)
+        labels += [label] * int(counts.sum())
+        predicted += [c for c in range(n_classes) for _ in range(counts[c])]
+    labels, predicted = np.array(labels), np.array(predicted)
+    probabilities = np.full((len(labels), n_classes), 0.5 / (n_classes - 1))
+    probabilities[np.arange(len(labels)), predicted] = 0.5
+    n = len(labels)
+    table = ImageTable(
+        ids=np.arange(1, n + 1), paths=[""] * n, status=["ok"] * n, errors=[None] * n,
+        sha256=[None] * n, phash=[None] * n, width=np.full(n, 32), height=np.full(n, 32),
+        stats=[{}] * n, labels=[names[c] for c in labels], splits=[None] * n,
+    )  # fmt: skip
+    return CheckInputs(
+        dataset_id=1, images=table, class_names=names, rows=np.arange(n), labels=labels,
+        features=None, probabilities=probabilities, knn=None,
+    )  # fmt: skip
+
+
+def test_ambiguous_pairs_stand_out_from_the_models_general_error():
+    inputs = weak_model_with_synonyms()
+    found = REGISTRY["ambiguous_classes"]().run(inputs)
+    assert [d.evidence["classes"] for d in found] == [["sunglass", "sunglasses"]]
+    assert found[0].evidence["error_share_a_to_b"] == pytest.approx(0.35 / 0.45, abs=0.01)
+    # Without the concentration rule every pair the weak model mixes up 5% both ways is raised.
+    spread = REGISTRY["ambiguous_classes"](min_concentration=0.0).run(inputs)
+    assert len(spread) >= 10
+
+
 def test_neighbour_label_distribution_never_sees_the_images_own_label():
     planted = planted_features(seed=3)
     graph = knn_graph(planted.features, 8)

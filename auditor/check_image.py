@@ -5,18 +5,19 @@ Answers come from the dataset's latest completed audit: its out-of-sample probab
 image it audited, and a FAISS index over its stored search-layer vectors for neighbours. An
 uploaded image needs a vector from the same model; `embedder_for_audit` provides one when the
 audit used a pretrained backbone. A CNN trained during the audit is not saved, so then the check
-answers from hashes alone (SHA-256 and perceptual hash) and says `model_available: false`; it
-still says how unlike the audited images the upload looks (`appearance`), from the thumbnails of
-colour and edges that the audit's outlier check compared. A stored image's copies are the ones the
-audit linked (its copy graph under the duplicate threshold), so the check and the audit's
-near_duplicate findings agree.
+says `model_available: false`, and answers from the pixels the audit kept: how unlike the audited
+images the upload looks (`appearance`, from the thumbnails of colour and edges that the audit's
+outlier check compared), and which audited images it copies, by the audit's copy search
+(`CopyReference`: crops, mirror images, recompression, beside SHA-256 and perceptual hashes). A
+stored image's copies are the ones the audit linked (its copy graph under the duplicate
+threshold), so the check and the audit's near_duplicate findings agree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session
 from auditor.checks.duplicates import NearDuplicateCheck
 from auditor.checks.outlier import OutlierCheck, robust_scale
 from auditor.config import Settings
+from auditor.copies import CopyReference
 from auditor.db.models import Audit, Image, ImageStatus
 from auditor.embed.backbones import SEARCH_LAYER, Backbone, build_backbone
 from auditor.embed.pixels import appearance_descriptor
@@ -77,13 +79,22 @@ class AppearanceReference:
         }
 
 
-def appearance_reference(artifacts: AuditArtifacts, ok: np.ndarray) -> AppearanceReference | None:
-    """From the audit's decoded pixels and appearance graph; None when the audit embedded with a
-    pretrained backbone (it keeps neither)."""
-    embedded, graph = artifacts.load_arrays("embed"), artifacts.load_arrays("index")
-    if not embedded or not graph or "pixels" not in embedded or "appearance_indices" not in graph:
+def stored_pixels(artifacts: AuditArtifacts, ok: np.ndarray) -> np.ndarray | None:
+    """The audit's decoded images, rows as in `AuditModel`; None when the audit embedded with a
+    pretrained backbone (it keeps none)."""
+    embedded = artifacts.load_arrays("embed")
+    if not embedded or "pixels" not in embedded:
         return None
-    pixels = embedded["pixels"][ok]
+    return embedded["pixels"][ok]
+
+
+def appearance_reference(
+    artifacts: AuditArtifacts, pixels: np.ndarray | None
+) -> AppearanceReference | None:
+    """From the audit's decoded pixels and appearance graph."""
+    graph = artifacts.load_arrays("index")
+    if pixels is None or not graph or "appearance_indices" not in graph:
+        return None
     indices = graph["appearance_indices"]
     distances = KnnGraph(indices, graph["appearance_similarities"], "euclidean").distances()
     mean_distances = np.nanmean(np.where(indices >= 0, distances, np.nan), axis=1)
@@ -114,6 +125,7 @@ class AuditModel:
     row_of: dict[int, int]
     appearance: AppearanceReference | None = None
     copies: KnnGraph | None = None
+    copy_reference: CopyReference | None = None
 
 
 _models: dict[tuple[str, float], AuditModel] = {}
@@ -136,6 +148,7 @@ def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
         return None
     ok = predicted["ok"]
     image_ids = frozen["image_ids"][ok]
+    pixels, copies = stored_pixels(artifacts, ok), copy_graph(artifacts)
     model = AuditModel(
         audit_id=audit_id,
         image_ids=image_ids,
@@ -144,8 +157,11 @@ def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
         probabilities=predicted["probabilities"],
         index=VectorIndex.build(predicted[f"layer_{SEARCH_LAYER}"]),
         row_of={int(image_id): row for row, image_id in enumerate(image_ids)},
-        appearance=appearance_reference(artifacts, ok),
-        copies=copy_graph(artifacts),
+        appearance=appearance_reference(artifacts, pixels),
+        copies=copies,
+        copy_reference=CopyReference.of(pixels)
+        if pixels is not None and copies is not None
+        else None,
     )
     with _models_lock:
         _models[stamp] = model
@@ -289,6 +305,10 @@ def check_image(
             probabilities, method = knn_distribution(model, neighbours), "knn"
     if model is not None and image_id is not None and image_id in model.row_of:
         similar = audited_copies(session, audit, model, image_id)
+    elif model is not None and model.copy_reference is not None:
+        if picture is None and stored is not None:
+            picture = load_stored_picture(session, settings, stored)
+        similar = new_image_copies(session, audit, model, picture) if picture is not None else []
     else:
         similar = [item for item in neighbours if item["similarity"] >= NEAR_DUPLICATE_SIMILARITY]
     for item in similar:
@@ -319,6 +339,16 @@ def check_image(
     return answer
 
 
+def duplicate_threshold(audit: Audit) -> float:
+    """The similarity from which the audit's near_duplicate check linked two images."""
+    checks = (audit.parameters or {}).get("checks") or {}
+    return float(
+        (checks.get("near_duplicate") or {}).get(
+            "threshold", NearDuplicateCheck.defaults["threshold"]
+        )
+    )
+
+
 def audited_copies(
     session: Session, audit: Audit, model: AuditModel, image_id: int
 ) -> list[dict[str, Any]]:
@@ -328,12 +358,7 @@ def audited_copies(
     a copy.)"""
     if model.copies is None:
         return []
-    checks = (audit.parameters or {}).get("checks") or {}
-    threshold = float(
-        (checks.get("near_duplicate") or {}).get(
-            "threshold", NearDuplicateCheck.defaults["threshold"]
-        )
-    )
+    threshold = duplicate_threshold(audit)
     row = model.row_of[image_id]
     rows = [
         int(other)
@@ -342,7 +367,22 @@ def audited_copies(
         )
         if other >= 0 and similarity >= threshold
     ]
-    ids = [int(model.image_ids[other]) for other in rows]
+    return copies_by_row(session, model, rows)
+
+
+def new_image_copies(
+    session: Session, audit: Audit, model: AuditModel, picture: PILImage.Image
+) -> list[dict[str, Any]]:
+    """The audited images that an image the audit did not see copies (crops, mirror images,
+    recompression), by the audit's own copy evidence and threshold."""
+    side = int(model.copy_reference.pixels.shape[1])
+    pixels = np.asarray(picture.convert("RGB").resize((side, side), PILImage.BILINEAR))
+    rows, similarities = model.copy_reference.copies_of(pixels)
+    return copies_by_row(session, model, rows[similarities >= duplicate_threshold(audit)])
+
+
+def copies_by_row(session: Session, model: AuditModel, rows: Iterable[int]) -> list[dict[str, Any]]:
+    ids = [int(model.image_ids[row]) for row in rows]
     paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_(ids))).all())
     return [{"image_id": i, "path": paths.get(i, "")} for i in ids]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from auditor.copies import copy_neighbours, thumbnail_descriptor
+from auditor.copies import CopyReference, copy_neighbours, thumbnail_descriptor
 from auditor.index import centred_unit_rows
 from tests.corpus import scene
 
@@ -83,3 +83,23 @@ def test_two_night_scenes_are_not_copies_for_their_shared_darkness():
     assert linked(copy_neighbours(pixels, 5)) == set()
     with_copy = np.concatenate([pixels, pixels[1:2, :, ::-1]])
     assert linked(copy_neighbours(with_copy, 5)) == {(1, len(with_copy) - 1)}
+
+
+def test_a_new_image_finds_its_stored_copies_both_ways_round():
+    """A labeling tool's upload against an audit's images: a mirrored deep crop of a stored
+    scene, a stored image that is a crop of the upload, and a scene unlike any stored one."""
+    rng = np.random.default_rng(5)
+    stored = np.stack([np.asarray(scene(rng)) for _ in range(80)])
+    reference = CopyReference.of(stored)
+    crop_of_stored = resized(stored[7][2:28, 5:31])[:, ::-1]
+    rows, similarities = reference.copies_of(np.ascontiguousarray(crop_of_stored))
+    assert rows[0] == 7 and similarities[0] >= THRESHOLD
+    assert (similarities[1:] < THRESHOLD).all()
+    # The upload is wider than what was stored: stored row 12 becomes a crop of it.
+    wide = np.asarray(scene(rng))
+    with_crop = np.concatenate([stored, resized(wide[3:30, 0:27])[None]])
+    rows, similarities = CopyReference.of(with_crop).copies_of(wide)
+    assert rows[0] == len(with_crop) - 1 and similarities[0] >= THRESHOLD
+    unrelated = np.asarray(scene(rng))
+    rows, similarities = reference.copies_of(unrelated)
+    assert (similarities < THRESHOLD).all()

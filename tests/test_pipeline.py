@@ -24,6 +24,7 @@ from auditor.ingest.ingest import ingest
 from auditor.pipeline.artifacts import AuditArtifacts
 from auditor.pipeline.audit import create_audit, run_audit
 from auditor.pipeline.stages import APPEARANCE_K, STAGES, trained_strategy
+from auditor.services.images import original
 
 
 @pytest.fixture
@@ -146,17 +147,27 @@ def test_check_says_whether_an_upload_looks_unlike_the_dataset(session_factory, 
     photograph = Image.fromarray(load_sample_images().images[0][100:300, 150:350])
     unseen_digit = digit_image(load_digits().data[-1], 32)  # the demo uses the first ones
     with session_factory() as session:
-        stored_id = session.scalar(
-            select(ImageRow.id).where(ImageRow.dataset_id == ingested.dataset_id).limit(1)
-        )
+        stored_id, stored_path = session.execute(
+            select(ImageRow.id, ImageRow.path)
+            .where(ImageRow.dataset_id == ingested.dataset_id, ImageRow.path.like("three/%"))
+            .limit(1)
+        ).one()
+        stored = Image.open(io.BytesIO(original(session, stored_id).data)).convert("RGB")
+        mirrored_crop = stored.crop((4, 1, 31, 28)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         answers = {
             name: check_image(session, settings, ingested.dataset_id, "three", **upload)
             for name, upload in {
                 "photograph": {"data": png(photograph)},
                 "digit": {"data": png(unseen_digit)},
                 "stored": {"image_id": stored_id},
+                "mirrored crop": {"data": png(mirrored_crop.resize((48, 48)))},
             }.items()
         }
+    # A mirrored crop of a stored image, uploaded larger, is found by the audit's copy search;
+    # hashes alone miss it.
+    copies = answers["mirrored crop"]["duplicates"]
+    assert {"image_id": stored_id, "path": stored_path, "reason": "similarity"} in copies
+    assert not answers["photograph"]["duplicates"]
     assert all(a["audit_id"] == audit.id for a in answers.values())
     assert answers["photograph"]["appearance"]["unusual"] is True
     assert answers["photograph"]["appearance"]["distance_ratio"] > 1.5

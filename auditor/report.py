@@ -73,9 +73,12 @@ def finding_html(finding: Finding, images: list[Image], source: Source | None) -
         caption = escape(image.path) + member_note(finding.evidence or {}, image.id)
         tiles.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
     reason = finding_reason(finding.evidence or {})
-    labels = f"given <b>{escape(finding.given_label or '-')}</b>"
-    if finding.suggested_label:
-        labels += f" &rarr; suggested <b>{escape(finding.suggested_label)}</b>"
+    if finding.kind == "ambiguous_classes":
+        labels = " &harr; ".join(f"<b>{escape(c)}</b>" for c in finding.evidence["classes"])
+    else:
+        labels = f"given <b>{escape(finding.given_label or '-')}</b>"
+        if finding.suggested_label:
+            labels += f" &rarr; suggested <b>{escape(finding.suggested_label)}</b>"
     return (
         f'<div class="finding">{"".join(tiles)}<div class="meta">'
         f'<div class="score">score {finding.score:.2f} &middot; {escape(finding.severity)}</div>'
@@ -98,11 +101,25 @@ def finding_reason(evidence: dict) -> str:
     """The line a reader of the static report needs to judge a finding without the review page."""
     if evidence.get("reason") or evidence.get("problems"):
         return str(evidence.get("reason") or "; ".join(evidence["problems"]))
+    if evidence.get("recommendation") and len(evidence.get("classes", [])) == 2:
+        return class_pair_reason(evidence)
     typical = evidence.get("dataset_median_distance")
     if typical and "mean_neighbour_distance" in evidence:
         ratio = evidence["mean_neighbour_distance"] / typical
         return f"nearest images {ratio:.1f}x as far as is typical in this dataset"
     return ""
+
+
+def class_pair_reason(evidence: dict) -> str:
+    """An ambiguous class pair: what to do about it, and how far the model mixes the two up."""
+    a, b = evidence["classes"]
+    action = (
+        "merge the classes" if evidence["recommendation"] == "merge" else "clarify the guideline"
+    )
+    return (
+        f"{action}: the model puts {evidence['confusion_a_to_b']:.0%} of images labeled {a} in "
+        f"{b}, and {evidence['confusion_b_to_a']:.0%} of {b} in {a}"
+    )
 
 
 def hierarchy_sections(session: Session, audit_id: int) -> list[str]:

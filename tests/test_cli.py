@@ -124,9 +124,19 @@ def test_run_json_contract(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_report_says_why_an_outlier_was_flagged():
+def test_report_says_why_a_finding_was_raised():
     outlier = {"mean_neighbour_distance": 820.0, "dataset_median_distance": 400.0, "robust_z": 6.0}
     assert finding_reason(outlier) == "nearest images 2.0x as far as is typical in this dataset"
     assert finding_reason({"reason": "truncated file"}) == "truncated file"
     assert finding_reason({"problems": ["blurry", "dark"]}) == "blurry; dark"
     assert finding_reason({"given_probability": 0.1}) == ""
+    pair = {
+        "classes": ["automobile", "truck"],
+        "recommendation": "clarify",
+        "confusion_a_to_b": 0.236,
+        "confusion_b_to_a": 0.263,
+    }
+    assert finding_reason(pair) == (
+        "clarify the guideline: the model puts 24% of images labeled automobile in truck, "
+        "and 26% of truck in automobile"
+    )

@@ -213,6 +213,42 @@ def test_outlier_shows_how_far_its_nearest_images_are(site, page):
     shot(page, "findings-outlier")
 
 
+def test_ambiguous_class_pair_reads_as_a_pair_not_a_relabel(site, page):
+    """An ambiguous class pair concerns two classes: the page names both, the recommendation and
+    how far the model mixes them up, and offers no relabeling of its example images."""
+    ids = list(site.seeded.image_ids.values())
+    with site.seeded.factory() as session, session.begin():
+        audit = Audit(dataset_id=site.seeded.dataset_id, status=AuditStatus.COMPLETED, stage="done")
+        session.add(audit)
+        session.flush()
+        draft = FindingDraft(
+            kind="ambiguous_classes",
+            subject="automobile|truck",
+            image_ids=ids[:2],
+            score=0.5,
+            given_label="automobile",
+            suggested_label="truck",
+            evidence={
+                "classes": ["automobile", "truck"],
+                "confusion_a_to_b": 0.236,
+                "confusion_b_to_a": 0.263,
+                "recommendation": "clarify",
+            },
+        )
+        save_findings(session, site.seeded.dataset_id, audit.id, [draft], ["ambiguous_classes"])
+        audit_id = audit.id
+    page.goto(f"{site.url}/#/audits/{audit_id}/findings?kind=ambiguous_classes")
+    facts = page.locator(".facts")
+    expect(facts).to_contain_text("automobile ↔ truck")
+    expect(facts).to_contain_text("Clarify the guideline")
+    expect(facts).to_contain_text("Labeled truck, predicted automobile")
+    expect(facts).to_contain_text("26.3 %")
+    expect(facts).not_to_contain_text("Suggested label")
+    expect(page.get_by_role("button", name=re.compile("Relabel"))).to_have_count(0)
+    page.keyboard.press("r")
+    expect(page.locator("form.relabel")).to_have_count(0)
+
+
 def test_duplicate_group_keeps_the_chosen_member(site, page):
     page.goto(f"{site.url}/#/audits/{site.seeded.audit_id}/duplicates")
     group = page.locator("article.group").first

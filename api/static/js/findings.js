@@ -50,10 +50,29 @@ function select(labelText, name, options, value) {
   );
 }
 
+// An ambiguous class pair is about two classes, not one image's label.
+const classPair = (finding) => (finding.kind === "ambiguous_classes" ? finding.evidence?.classes : null);
+
+function labelFacts(finding) {
+  const pair = classPair(finding);
+  if (!pair) {
+    return [
+      ["Given label", finding.given_label ?? "–"],
+      ["Suggested label", finding.suggested_label ?? "–"],
+    ];
+  }
+  const { recommendation, confusion_a_to_b: aToB, confusion_b_to_a: bToA } = finding.evidence;
+  return [
+    ["Classes", pair.join(" ↔ ")],
+    ["Recommendation", recommendation === "merge" ? "Merge the classes" : "Clarify the guideline"],
+    [`Labeled ${pair[0]}, predicted ${pair[1]}`, percent(aToB)],
+    [`Labeled ${pair[1]}, predicted ${pair[0]}`, percent(bToA)],
+  ];
+}
+
 function facts(finding) {
   const rows = [
-    ["Given label", finding.given_label ?? "–"],
-    ["Suggested label", finding.suggested_label ?? "–"],
+    ...labelFacts(finding),
     ["Score", finding.score.toFixed(3)],
     ["Severity", finding.severity],
     ["Status", finding.reviewer ? `${finding.status} (by ${finding.reviewer})` : finding.status],
@@ -236,7 +255,7 @@ export async function renderFindings(main, route) {
       fill(detail, h("p", { class: "muted" }, "No findings match these filters."));
       return;
     }
-    const relabel = relabelForm(finding);
+    const relabel = finding.given_label && !classPair(finding) ? relabelForm(finding) : null;
     const action = (text, key, onclick, extra = {}) =>
       h("button", { type: "button", "aria-keyshortcuts": key, onclick, ...extra }, text, " ", h("kbd", {}, key));
     fill(detail,
@@ -255,7 +274,9 @@ export async function renderFindings(main, route) {
           { class: "finding-images" },
           finding.image_ids.slice(0, 4).map((id, i) =>
             picture(id, finding.images[i], {
-              alt: `Image ${finding.images[i]}${finding.given_label ? `, labeled ${finding.given_label}` : ""}`,
+              alt: `Image ${finding.images[i]}${
+                finding.given_label && !classPair(finding) ? `, labeled ${finding.given_label}` : ""
+              }`,
             }),
           ),
         ),
@@ -266,7 +287,7 @@ export async function renderFindings(main, route) {
         { class: "actions", role: "group", "aria-label": "Decision" },
         action("Confirm", "C", () => decide("confirm"), { class: "confirm" }),
         action("Dismiss", "D", () => decide("dismiss")),
-        finding.given_label ? action("Relabel…", "R", () => openRelabel()) : null,
+        relabel ? action("Relabel…", "R", () => openRelabel()) : null,
         action("Previous", "K", () => show(current - 1), { class: "quiet" }),
         action("Next", "J", () => show(current + 1), { class: "quiet" }),
       ),

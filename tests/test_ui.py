@@ -238,6 +238,7 @@ def test_ambiguous_class_pair_reads_as_a_pair_not_a_relabel(site, page):
         save_findings(session, site.seeded.dataset_id, audit.id, [draft], ["ambiguous_classes"])
         audit_id = audit.id
     page.goto(f"{site.url}/#/audits/{audit_id}/findings?kind=ambiguous_classes")
+    expect(page.locator(".queue-item .labels")).to_have_text("automobile ↔ truck")
     facts = page.locator(".facts")
     expect(facts).to_contain_text("automobile ↔ truck")
     expect(facts).to_contain_text("Clarify the guideline")

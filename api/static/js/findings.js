@@ -70,6 +70,13 @@ function labelFacts(finding) {
   ];
 }
 
+function queueLabels(finding) {
+  const pair = classPair(finding);
+  if (pair) return pair.join(" ↔ ");
+  if (!finding.given_label) return finding.images[0] ?? "";
+  return `${finding.given_label}${finding.suggested_label ? ` → ${finding.suggested_label}` : ""}`;
+}
+
 function facts(finding) {
   const rows = [
     ...labelFacts(finding),
@@ -204,7 +211,7 @@ export async function renderFindings(main, route) {
       h(
         "span",
         { class: "labels" },
-        finding.given_label ? `${finding.given_label}${finding.suggested_label ? ` → ${finding.suggested_label}` : ""}` : finding.images[0] ?? "",
+        queueLabels(finding),
       ),
       h("span", { class: "score" }, finding.score.toFixed(2)),
       h("span", { class: "state" }, finding.status === "open" ? h("span", { class: "visually-hidden" }, "open") : finding.status),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -128,7 +129,11 @@ class AuditModel:
     copy_reference: CopyReference | None = None
 
 
-_models: dict[tuple[str, float], AuditModel] = {}
+LOADED_AUDITS = 4
+"""Audits whose models the check keeps in memory, most recently used first: one of 50,000 32x32
+images holds about 0.3 GB (pixels, thumbnails, index), so a server answering for many datasets
+keeps only the busiest."""
+_models: OrderedDict[tuple[str, float], AuditModel] = OrderedDict()
 _models_lock = threading.Lock()
 
 
@@ -142,6 +147,7 @@ def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
         return None
     with _models_lock:
         if stamp in _models:
+            _models.move_to_end(stamp)
             return _models[stamp]
     frozen, predicted = artifacts.load_arrays("ingest"), artifacts.load_arrays("predict")
     if frozen is None or predicted is None or f"layer_{SEARCH_LAYER}" not in predicted:
@@ -165,6 +171,8 @@ def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
     )
     with _models_lock:
         _models[stamp] = model
+        while len(_models) > LOADED_AUDITS:
+            _models.popitem(last=False)
     return model
 
 

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import shutil
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import bind_host, create_app
+from auditor import check_image
 from auditor.auth import create_api_key
 from auditor.checks.base import FindingDraft
 from auditor.config import Settings
@@ -743,3 +745,18 @@ def test_webhook_gives_up_after_max_attempts(seeded, receiver):
         delivery = session.scalars(select(WebhookDelivery)).one()
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("failed", 3, 500)
     assert len(recorder.received) == 3
+
+
+def test_check_keeps_a_bounded_number_of_audit_models(seeded):
+    """Each audit's model holds its pixels and thumbnails; a server answering for many audits
+    keeps the most recently used few, and reuses a kept one."""
+    source = AuditArtifacts(seeded.settings.data_dir, seeded.audit_id).root
+    audit_ids = range(9001, 9001 + check_image.LOADED_AUDITS + 2)
+    for audit_id in audit_ids:
+        shutil.copytree(source, AuditArtifacts(seeded.settings.data_dir, audit_id).root)
+    first = check_image.load_audit_model(seeded.settings, audit_ids[0])
+    assert check_image.load_audit_model(seeded.settings, audit_ids[0]) is first
+    for audit_id in audit_ids[1:]:
+        assert check_image.load_audit_model(seeded.settings, audit_id).audit_id == audit_id
+    assert len(check_image._models) <= check_image.LOADED_AUDITS
+    assert check_image.load_audit_model(seeded.settings, audit_ids[0]) is not first

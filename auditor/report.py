@@ -87,7 +87,12 @@ def finding_html(finding: Finding, images: list[Image], source: Source | None) -
 
 
 def member_note(evidence: dict, image_id: int) -> str:
-    """For a group of copies: the member's own label, and which member to keep."""
+    """For a group of copies: the member's own label, and which member to keep; for an example
+    of an ambiguous class pair: its label and the class the model gave it."""
+    example = next((e for e in evidence.get("examples", []) if e.get("image_id") == image_id), None)
+    if example is not None:
+        label, predicted = html.escape(example["label"]), html.escape(example["predicted"])
+        return f" &middot; {label}, predicted {predicted}"
     member = next((m for m in evidence.get("members", []) if m.get("image_id") == image_id), None)
     if member is None:
         return ""

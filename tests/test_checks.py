@@ -346,6 +346,9 @@ def test_ambiguous_pairs_stand_out_from_the_models_general_error():
     found = REGISTRY["ambiguous_classes"]().run(inputs)
     assert [d.evidence["classes"] for d in found] == [["sunglass", "sunglasses"]]
     assert found[0].evidence["error_share_a_to_b"] == pytest.approx(0.35 / 0.45, abs=0.01)
+    examples = found[0].evidence["examples"]
+    assert [e["image_id"] for e in examples] == found[0].image_ids
+    assert all({e["label"], e["predicted"]} == {"sunglass", "sunglasses"} for e in examples)
     # Without the concentration rule every pair the weak model mixes up 5% both ways is raised.
     spread = REGISTRY["ambiguous_classes"](min_concentration=0.0).run(inputs)
     assert len(spread) >= 10

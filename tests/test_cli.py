@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from auditor.demo import build_demo_dataset
-from auditor.report import finding_reason
+from auditor.report import finding_reason, member_note
 from tests.corpus import encode, noise_image
 
 
@@ -140,3 +140,6 @@ def test_report_says_why_a_finding_was_raised():
         "clarify the guideline: the model puts 24% of images labeled automobile in truck, "
         "and 26% of truck in automobile"
     )
+    pair["examples"] = [{"image_id": 7, "label": "truck", "predicted": "automobile"}]
+    assert member_note(pair, 7) == " &middot; truck, predicted automobile"
+    assert member_note(pair, 8) == ""

@@ -233,6 +233,10 @@ def test_ambiguous_class_pair_reads_as_a_pair_not_a_relabel(site, page):
                 "confusion_a_to_b": 0.236,
                 "confusion_b_to_a": 0.263,
                 "recommendation": "clarify",
+                "examples": [
+                    {"image_id": ids[0], "label": "automobile", "predicted": "truck"},
+                    {"image_id": ids[1], "label": "truck", "predicted": "automobile"},
+                ],
             },
         )
         save_findings(session, site.seeded.dataset_id, audit.id, [draft], ["ambiguous_classes"])
@@ -245,6 +249,9 @@ def test_ambiguous_class_pair_reads_as_a_pair_not_a_relabel(site, page):
     expect(facts).to_contain_text("Labeled truck, predicted automobile")
     expect(facts).to_contain_text("26.3 %")
     expect(facts).not_to_contain_text("Suggested label")
+    captions = page.locator(".finding-images figcaption")
+    expect(captions.nth(0)).to_contain_text("automobile, predicted truck")
+    expect(captions.nth(1)).to_contain_text("truck, predicted automobile")
     expect(page.get_by_role("button", name=re.compile("Relabel"))).to_have_count(0)
     page.keyboard.press("r")
     expect(page.locator("form.relabel")).to_have_count(0)

@@ -103,6 +103,14 @@ class AmbiguousClassesCheck(Check):
                         "confusion_b_to_a": round(float(confusion[second, first]), 4),
                         "error_share_a_to_b": round(float(shares[first, second]), 4),
                         "error_share_b_to_a": round(float(shares[second, first]), 4),
+                        "examples": [
+                            {
+                                "image_id": inputs.image_id(int(labeled[e])),
+                                "label": inputs.class_names[labels[e]],
+                                "predicted": inputs.class_names[predicted[e]],
+                            }
+                            for e in examples
+                        ],
                         "recommendation": "merge" if merge else "clarify",
                         "same_block": any(
                             name_a in block and name_b in block

@@ -70,6 +70,12 @@ function labelFacts(finding) {
   ];
 }
 
+// An ambiguous pair's example images: each one's label and the class the model gave it.
+function exampleCaption(finding, imageId, path) {
+  const example = classPair(finding) && finding.evidence.examples?.find((e) => e.image_id === imageId);
+  return example ? `${path} · ${example.label}, predicted ${example.predicted}` : path;
+}
+
 function queueLabels(finding) {
   const pair = classPair(finding);
   if (pair) return pair.join(" ↔ ");
@@ -280,7 +286,7 @@ export async function renderFindings(main, route) {
           "div",
           { class: "finding-images" },
           finding.image_ids.slice(0, 4).map((id, i) =>
-            picture(id, finding.images[i], {
+            picture(id, exampleCaption(finding, id, finding.images[i]), {
               alt: `Image ${finding.images[i]}${
                 finding.given_label && !classPair(finding) ? `, labeled ${finding.given_label}` : ""
               }`,

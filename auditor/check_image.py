@@ -44,7 +44,6 @@ from auditor.services import Invalid, NotFound
 from auditor.services.audits import latest_completed_audit
 from auditor.services.images import original
 
-NEAR_DUPLICATE_SIMILARITY = 0.95
 PHASH_NEAR = 4
 NEIGHBOURS = 5
 KNN_TEMPERATURE = 0.05
@@ -127,6 +126,7 @@ class AuditModel:
     appearance: AppearanceReference | None = None
     copies: KnnGraph | None = None
     copy_reference: CopyReference | None = None
+    search_mean: np.ndarray | None = None
 
 
 LOADED_AUDITS = 4
@@ -162,6 +162,7 @@ def load_audit_model(settings: Settings, audit_id: int) -> AuditModel | None:
         class_names=[str(name) for name in frozen["class_names"]],
         probabilities=predicted["probabilities"],
         index=VectorIndex.build(predicted[f"layer_{SEARCH_LAYER}"]),
+        search_mean=predicted[f"layer_{SEARCH_LAYER}"].mean(axis=0),
         row_of={int(image_id): row for row, image_id in enumerate(image_ids)},
         appearance=appearance_reference(artifacts, pixels),
         copies=copies,
@@ -298,18 +299,18 @@ def check_image(
         sha256, phash = hashlib.sha256(data).hexdigest(), str(imagehash.phash(picture))
     duplicates = hash_duplicates(session, dataset_id, sha256, phash, image_id) if sha256 else []
 
-    probabilities, neighbours, method = None, [], None
+    probabilities, neighbours, method, vector = None, [], None, None
     if model is not None and image_id is not None and image_id in model.row_of:
         row = model.row_of[image_id]
         probabilities, method = model.probabilities[row], "model"
-        vector = model.index.index.reconstruct(row)
-        neighbours = neighbour_rows(session, model, vector, image_id)
+        neighbours = neighbour_rows(session, model, model.index.index.reconstruct(row), image_id)
     elif model is not None:
         embed = embedder_for_audit(settings, audit)
         if embed is not None and picture is None and stored is not None:
             picture = load_stored_picture(session, settings, stored)
         if embed is not None and picture is not None:
-            neighbours = neighbour_rows(session, model, embed(picture), image_id)
+            vector = embed(picture)
+            neighbours = neighbour_rows(session, model, vector, image_id)
             probabilities, method = knn_distribution(model, neighbours), "knn"
     if model is not None and image_id is not None and image_id in model.row_of:
         similar = audited_copies(session, audit, model, image_id)
@@ -317,8 +318,10 @@ def check_image(
         if picture is None and stored is not None:
             picture = load_stored_picture(session, settings, stored)
         similar = new_image_copies(session, audit, model, picture) if picture is not None else []
+    elif vector is not None:
+        similar = embedded_copies(model, vector, neighbours, duplicate_threshold(audit))
     else:
-        similar = [item for item in neighbours if item["similarity"] >= NEAR_DUPLICATE_SIMILARITY]
+        similar = []
     for item in similar:
         if all(d["image_id"] != item["image_id"] for d in duplicates):
             duplicates.append(
@@ -387,6 +390,24 @@ def new_image_copies(
     pixels = np.asarray(picture.convert("RGB").resize((side, side), PILImage.BILINEAR))
     rows, similarities = model.copy_reference.copies_of(pixels)
     return copies_by_row(session, model, rows[similarities >= duplicate_threshold(audit)])
+
+
+def embedded_copies(
+    model: AuditModel, vector: np.ndarray, neighbours: list[dict[str, Any]], threshold: float
+) -> list[dict[str, Any]]:
+    """The nearest images that an embedded upload copies, judged as the audit judged its own
+    images with a pretrained backbone: cosine similarity of the vectors centred on the audited
+    images' mean (`stages.search_vectors`), under the duplicate threshold. Uncentred, a
+    backbone's non-negative pooled features put most images of a class above 0.95."""
+    rows = [model.row_of[item["image_id"]] for item in neighbours]
+    if not rows:
+        return []
+    stored = np.stack([model.index.index.reconstruct(row) for row in rows]) - model.search_mean
+    upload = vector - model.search_mean
+    similarities = (
+        stored @ upload / np.maximum(np.linalg.norm(stored, axis=1) * np.linalg.norm(upload), 1e-12)
+    )
+    return [item for item, s in zip(neighbours, similarities, strict=True) if s >= threshold]
 
 
 def copies_by_row(session: Session, model: AuditModel, rows: Iterable[int]) -> list[dict[str, Any]]:

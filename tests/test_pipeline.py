@@ -14,7 +14,12 @@ from sklearn.datasets import load_digits, load_sample_images
 from sqlalchemy import func, select
 
 from api.app import create_app
-from auditor.check_image import check_image
+from auditor.check_image import (
+    check_image,
+    embedded_copies,
+    embedder_for_audit,
+    load_audit_model,
+)
 from auditor.config import Settings
 from auditor.db.models import Audit, AuditAnalysis, Finding
 from auditor.db.models import Image as ImageRow
@@ -123,6 +128,36 @@ def test_backbone_path_embeds_once_and_reuses_the_feature_cache(session_factory,
     assert second.status == "completed"
     assert sorted(p.name for p in (stores[0] / "pool").iterdir()) == shards
     assert second.summary["findings"]["exact_duplicate"] == 5
+
+
+def test_check_judges_an_embedded_upload_by_centred_similarity(session_factory, tmp_path):
+    """With a backbone the check can rebuild, an upload's copies are judged as the audit judged
+    its own images: vectors centred on the audited images' mean. Uncentred, the backbone's
+    non-negative features put an unseen digit at 0.98 to stored ones, over any threshold."""
+    settings = Settings(data_dir=tmp_path / "data", workers=1)
+    build_demo_dataset(tmp_path / "digits", per_class=6)
+    dataset_id = ingest(session_factory, "digits", tmp_path / "digits", settings).dataset_id
+    parameters = {"backbone": "resnet18", "weights": "none"}
+    run_audit(session_factory, settings, create_audit(session_factory, dataset_id, parameters))
+    unseen = digit_image(load_digits().data[-1], 32)
+    with session_factory() as session:
+        stored_id = session.scalar(
+            select(ImageRow.id).where(ImageRow.dataset_id == dataset_id).limit(1)
+        )
+        stored = Image.open(io.BytesIO(original(session, stored_id).data)).convert("RGB")
+        buffer = io.BytesIO()
+        unseen.save(buffer, format="PNG")
+        answer = check_image(session, settings, dataset_id, "three", data=buffer.getvalue())
+        audit = session.scalar(select(Audit).where(Audit.dataset_id == dataset_id))
+        model = load_audit_model(settings, audit.id)
+        embed = embedder_for_audit(settings, audit)
+    assert answer["method"] == "knn" and answer["neighbours"][0]["similarity"] > 0.95
+    assert answer["duplicates"] == []
+    others = [item for item in answer["neighbours"] if item["image_id"] != stored_id]
+    near = [{"image_id": stored_id, "path": ""}, *others]
+    enlarged = embedded_copies(model, embed(stored.resize((64, 64))), near, 0.96)
+    assert [item["image_id"] for item in enlarged] == [stored_id]
+    assert embedded_copies(model, embed(unseen), near, 0.96) == []
 
 
 def test_auto_strategy_trains_wide_networks_on_a_gpu_for_large_datasets():

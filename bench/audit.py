@@ -98,8 +98,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="trained")
     parser.add_argument("--keep", type=Path, help="a new folder to keep the audit's files in")
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
+    cifar.require()
     with work_folder(args.keep) as tmp:
         workdir = Path(tmp)
         labels_file = workdir / "labels.csv"

@@ -40,6 +40,12 @@ def available() -> bool:
     return (DATA_DIR / "cifar10-train-jpeg.zip").is_file()
 
 
+def require() -> None:
+    """Stop a benchmark that needs CIFAR-10N, saying where it was looked for."""
+    if not available():
+        raise SystemExit(f"CIFAR-10N not found under {DATA_DIR}")
+
+
 def load_images() -> np.ndarray:
     """All 50,000 images as (n, 32, 32, 3) uint8, in CIFAR-10 training order."""
     cache = CACHE_DIR / "cifar10n-images.npy"

@@ -85,8 +85,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--time-n", type=int, default=0)
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
+    cifar.require()
     rng = np.random.default_rng(0)
     images, labels = cifar.load_images()[: args.n], cifar.load_labels()["aggre"][: args.n]
     originals = rng.choice(args.n, size=args.copies, replace=False)

@@ -63,8 +63,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--labels", nargs="+", default=["worse", "aggre"])
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
+    cifar.require()
     images = cifar.load_images()[: args.n]
     clean = cifar.load_labels()["clean"][: args.n]
     names = list(cifar.CLASSES)

@@ -172,9 +172,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         report(args.results, args.out)
-    elif not cifar.available():
-        sys.exit(f"CIFAR-10N not found under {cifar.DATA_DIR}")
     else:
+        cifar.require()
         run(args)
 
 

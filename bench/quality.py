@@ -158,8 +158,7 @@ def subset_run(description: str) -> tuple[argparse.Namespace, slice, np.ndarray]
     parser = argparse.ArgumentParser(description=description)
     subset_arguments(parser)
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
+    cifar.require()
     rows = slice(args.start, args.start + args.n)
     return args, rows, cifar.load_labels()["clean"][rows]
 

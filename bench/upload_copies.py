@@ -49,8 +49,7 @@ def main() -> None:
     parser.add_argument("--stored", type=int, default=45_000)
     parser.add_argument("--uploads", type=int, default=200)
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
+    cifar.require()
     rng = np.random.default_rng(0)
     images = cifar.load_images()
     stored = images[: args.stored]

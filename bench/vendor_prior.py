@@ -135,8 +135,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=cifar.CACHE_DIR)
     parser.add_argument("--out", default=None, help="results file name under bench/results/")
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
+    cifar.require()
     use_available_cores()
     lines = [
         f"### Held-out priors for the vendor estimates (`python -m bench.vendor_prior --n {args.n}"

@@ -121,8 +121,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="Work in this folder and keep it")
     args = parser.parse_args()
-    if not cifar.available():
-        raise SystemExit("CIFAR-10N not found beside the repository")
+    cifar.require()
     planned, truth = plan_deliveries(args.n, args.seed)
     lines = [
         f"### Vendor audits on CIFAR-10N (`python -m bench.vendors --n {args.n} "

@@ -30,7 +30,7 @@ from cleanlab.filter import find_label_issues
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 from auditor.predict import TrainConfig, out_of_sample_probabilities
-from auditor.predict.strategies import patch_head
+from auditor.predict.strategies import CNN_KFOLD_REPEATS, patch_head
 from bench import cifar
 
 RESULTS_LOG = cifar.CACHE_DIR / "predict-results.jsonl"
@@ -79,45 +79,92 @@ def head_description(strategy: str, cnn_head: str, rows: int) -> str:
     return cnn_head
 
 
+Run = tuple[np.ndarray, float, float]  # probabilities, wall seconds, CPU seconds
+
+
 def run(args: argparse.Namespace) -> None:
     images = cifar.load_images()
     columns = cifar.load_labels()
     rows = cifar.subset(args.n, seed=args.subset_seed)
     config = TrainConfig(width=args.width, epochs=args.epochs)
     for column in args.labels.split(","):
+        noisy, clean = columns[column][rows], columns["clean"][rows]
         for strategy in args.strategies.split(","):
-            noisy, clean = columns[column][rows], columns["clean"][rows]
-            wall, cpu = time.perf_counter(), _cpu_seconds()
-            result = out_of_sample_probabilities(
-                strategy,
-                images=images[rows],
-                labels=noisy,
-                n_classes=len(cifar.CLASSES),
-                folds=args.folds,
-                seed=args.seed,
-                head=args.head,
-                train_config=config,
-                device=args.device,
-            )
-            record = {
-                "strategy": strategy,
-                "labels": column,
-                "n": len(rows),
-                "folds": args.folds,
-                "epochs": args.epochs,
-                "width": args.width,
-                "head": head_description(strategy, args.head, len(rows)),
-                "seed": args.seed,
-                "device": device_name(args.device),
-                "wall_minutes": (time.perf_counter() - wall) / 60,
-                "cpu_minutes": (_cpu_seconds() - cpu) / 60,
-                **mislabel_scores(result.probabilities, noisy, clean),
-                "command": "python -m bench.predict " + shlex.join(sys.argv[1:]),
-            }
-            print(json.dumps(record), flush=True)
-            RESULTS_LOG.parent.mkdir(exist_ok=True)
-            with open(RESULTS_LOG, "a") as log:
-                log.write(json.dumps(record) + "\n")
+            runs: list[Run] = []
+            for seed in range(args.seed, args.seed + args.repeats):
+                wall, cpu = time.perf_counter(), _cpu_seconds()
+                result = out_of_sample_probabilities(
+                    strategy,
+                    images=images[rows],
+                    labels=noisy,
+                    n_classes=len(cifar.CLASSES),
+                    folds=args.folds,
+                    seed=seed,
+                    head=args.head,
+                    train_config=config,
+                    device=args.device,
+                    cross_fittings=args.cross_fittings,
+                )
+                runs.append(
+                    (result.probabilities, time.perf_counter() - wall, _cpu_seconds() - cpu)
+                )
+                record_run(args, strategy, "", column, seed, runs[-1:], noisy, clean)
+                save_probabilities(args.save, strategy, column, seed, rows, result.probabilities)
+            if len(runs) > 1:
+                mean = f", mean of {len(runs)} seeds"
+                record_run(args, strategy, mean, column, args.seed, runs, noisy, clean)
+
+
+def record_run(
+    args: argparse.Namespace,
+    strategy: str,
+    variant: str,
+    column: str,
+    seed: int,
+    runs: list[Run],
+    noisy: np.ndarray,
+    clean: np.ndarray,
+) -> None:
+    """One results line; for several runs, of their averaged probabilities and summed time."""
+    probabilities = np.mean([p for p, _, _ in runs], axis=0)
+    if strategy == "cnn_kfold" and args.cross_fittings > 1:
+        variant = f", {args.cross_fittings} cross-fittings{variant}"
+    record = {
+        "strategy": strategy + variant,
+        "labels": column,
+        "n": len(noisy),
+        "folds": args.folds,
+        "epochs": args.epochs,
+        "width": args.width,
+        "head": head_description(strategy, args.head, len(noisy)),
+        "seed": seed,
+        "device": device_name(args.device),
+        "wall_minutes": sum(w for _, w, _ in runs) / 60,
+        "cpu_minutes": sum(c for _, _, c in runs) / 60,
+        **mislabel_scores(probabilities, noisy, clean),
+        "command": "python -m bench.predict " + shlex.join(sys.argv[1:]),
+    }
+    print(json.dumps(record), flush=True)
+    RESULTS_LOG.parent.mkdir(exist_ok=True)
+    with open(RESULTS_LOG, "a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def save_probabilities(
+    folder: Path | None,
+    strategy: str,
+    column: str,
+    seed: int,
+    rows: np.ndarray,
+    probabilities: np.ndarray,
+) -> None:
+    """Keep a run's probabilities (float32, with their image rows) for scoring elsewhere, e.g.
+    runs made on a GPU machine scored by `bench.saved_quality` on the development machine."""
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{strategy}-{column}-{len(rows)}-seed{seed}.npz"
+    np.savez_compressed(folder / name, rows=rows, probabilities=probabilities.astype(np.float32))
 
 
 def report(results: Path, out: Path) -> None:
@@ -164,6 +211,19 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=TrainConfig.width)
     parser.add_argument("--head", default="linear", choices=("linear", "mlp"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs with seeds seed, seed+1, ...; with more than one, their mean is scored too",
+    )
+    parser.add_argument(
+        "--cross-fittings",
+        type=int,
+        default=CNN_KFOLD_REPEATS,
+        help="K-fold runs that cnn_kfold averages within one run",
+    )
+    parser.add_argument("--save", type=Path, help="folder to keep each run's probabilities in")
     parser.add_argument("--subset-seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--report", action="store_true", help="only render the results table")

@@ -215,6 +215,25 @@ def test_cnn_strategies_train_and_return_probabilities_and_layer_features(strate
         np.testing.assert_allclose(np.linalg.norm(values, axis=1), 1.0, atol=1e-4)
 
 
+def test_cnn_kfold_averages_two_cross_fittings():
+    """One K-fold run's quality moves with its seed, so the strategy averages two runs with
+    different fold splits: exactly the mean of the single runs at seeds s and s + 1."""
+    images, labels = digit_images(240)
+    predict = functools.partial(
+        out_of_sample_probabilities,
+        "cnn_kfold",
+        images=images,
+        labels=labels,
+        n_classes=10,
+        folds=3,
+        train_config=TINY,
+    )
+    averaged = predict(seed=5).probabilities
+    single = [predict(seed=seed, cross_fittings=1).probabilities for seed in (5, 6)]
+    assert not np.allclose(single[0], single[1], atol=1e-3)
+    np.testing.assert_allclose(averaged, (single[0] + single[1]) / 2, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("strategy", "parts"), [("cnn_kfold", 3), ("patch_cnn", 3), ("patch_heads", 6)]
 )

@@ -109,7 +109,10 @@ def run(args: argparse.Namespace) -> None:
                     (result.probabilities, time.perf_counter() - wall, _cpu_seconds() - cpu)
                 )
                 record_run(args, strategy, "", column, seed, runs[-1:], noisy, clean)
-                save_probabilities(args.save, strategy, column, seed, rows, result.probabilities)
+                saved = strategy
+                if strategy == "cnn_kfold" and args.cross_fittings > 1:
+                    saved = f"cnn_kfold_x{args.cross_fittings}"
+                save_probabilities(args.save, saved, column, seed, rows, result.probabilities)
             if len(runs) > 1:
                 mean = f", mean of {len(runs)} seeds"
                 record_run(args, strategy, mean, column, args.seed, runs, noisy, clean)

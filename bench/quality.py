@@ -5,7 +5,8 @@
 The audit sees only a noisy label column. Out-of-sample probabilities and `pool` features come from
 the default prediction strategy (cached under .bench/ so reruns are cheap). On the same inputs:
 - ours: the `mislabel` check (noise-model posterior ranking; as many flags as cleanlab's
-  confident-joint count), with variants of its settings;
+  confident-joint count, calibrated where the noise model finds heavy noise), with variants of
+  its settings;
 - cleanlab `find_label_issues(labels, pred_probs)` with its defaults;
 - cleanlab `Datalab(...).find_issues(features=...)` given the features only (its own kNN model).
 Scored against `noisy != clean`: precision, recall, F1, and AUROC of each ranking score.
@@ -239,8 +240,13 @@ def main() -> None:
                 f"{row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['auroc']:.3f} |"
             )
         methods = {
-            "auditor `mislabel` (default: noise posterior, sharpness 3, cleanlab's count)": (
-                our_mislabel(probabilities, pool, labels)
+            "auditor `mislabel` (default: noise posterior, sharpness 3, cleanlab's count, "
+            "calibrated from 30% noise)": our_mislabel(probabilities, pool, labels),
+            "auditor `mislabel`, plain count always": our_mislabel(
+                probabilities, pool, labels, calibrated_from=1.0
+            ),
+            "auditor `mislabel`, calibrated count always": our_mislabel(
+                probabilities, pool, labels, calibrated_from=0.0
             ),
             **{
                 f"auditor `mislabel`, noise posterior, sharpness {sharpness}, 0.5 cut": our_mislabel(

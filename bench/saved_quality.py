@@ -4,7 +4,8 @@
     python -m bench.saved_quality DIR [--out bench/results/saved-quality.md]
 
 Each file is scored alone, and the files of one strategy, label column and size together (their
-probabilities averaged). Scores as in `bench.quality`: precision, recall and F1 of the flags and
+probabilities averaged). The check runs at its defaults and with each of its two flag counts
+forced (cleanlab's plain and calibrated confident-joint counts). Scores as in `bench.quality`: precision, recall and F1 of the flags and
 AUROC of the ranking, against `noisy != clean`.
 """
 
@@ -47,6 +48,12 @@ def score_rows(name: str, column: str, probabilities: np.ndarray, rows: np.ndarr
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     methods = {
         "auditor `mislabel` (default)": our_mislabel(probabilities, None, noisy),
+        "auditor `mislabel`, plain count always": our_mislabel(
+            probabilities, None, noisy, calibrated_from=1.0
+        ),
+        "auditor `mislabel`, calibrated count always": our_mislabel(
+            probabilities, None, noisy, calibrated_from=0.0
+        ),
         "cleanlab `find_label_issues`": {
             "flagged": find_label_issues(noisy, probabilities),
             "ranking": 1.0 - get_label_quality_scores(noisy, probabilities),

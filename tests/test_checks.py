@@ -435,13 +435,22 @@ def heavy_noise_inputs(seed: int = 3) -> tuple[CheckInputs, np.ndarray]:
 
 
 def test_mislabel_flags_the_confident_joint_count_in_posterior_order():
+    """As many flags as cleanlab's confident joint counts, highest posterior error first: its
+    calibrated count where the noise model finds heavy noise, the plain one below that."""
     from cleanlab.count import num_label_issues
 
     inputs, flipped = heavy_noise_inputs()
     check = REGISTRY["mislabel"]()
     labeled, issues, score, _ = check.scores(inputs)
-    assert issues.sum() == num_label_issues(inputs.labels, inputs.probabilities)
+    plain = num_label_issues(inputs.labels, inputs.probabilities)
+    calibrated = num_label_issues(
+        inputs.labels, inputs.probabilities, estimation_method="off_diagonal_calibrated"
+    )
+    assert score.mean() >= check.settings["calibrated_from"] and calibrated != plain
+    assert issues.sum() == calibrated
     assert score[issues].min() >= score[~issues].max()
+    light = REGISTRY["mislabel"](calibrated_from=score.mean() + 0.01).scores(inputs)[1]
+    assert light.sum() == plain and score[light].min() >= score[~light].max()
     cut = REGISTRY["mislabel"](flag_count="posterior").scores(inputs)[1]
     assert np.array_equal(cut, score > 0.5)
     assert (issues & flipped).sum() >= 0.75 * flipped.sum()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from cleanlab.count import estimate_joint
+from cleanlab.count import estimate_joint, num_label_issues
 
 from auditor.checks.base import CheckInputs, ImageTable
 from auditor.pipeline.summary import class_noise, summarise_audit
@@ -66,3 +66,21 @@ def test_without_the_mislabel_check_the_confident_joint_alone_speaks():
     np.testing.assert_allclose(where, joint / joint.sum(axis=1, keepdims=True))
     np.testing.assert_allclose(where.sum(axis=1), 1.0)
     assert where[0, 1] > 0.2 and where[2, 0] > 0.05
+
+
+def test_flags_beyond_the_plain_confident_joint_count_do_not_raise_the_noise_rates():
+    """Under heavy noise the check flags cleanlab's calibrated count, which finds more wrong
+    labels but overstates how many there are; the rates keep the flags' spread over the classes
+    at the plain count's total."""
+    labels, probabilities = planted()
+    plain = num_label_issues(labels, probabilities)
+    assert plain == 21
+    summary = summarise_audit(
+        inputs_for(labels, probabilities),
+        Counter({"mislabel": 42}),
+        Counter({"bird": 30, "dog": 12}),
+    )
+    bird, cat, dog = summary["classes"]
+    assert bird["estimated_noise_rate"] == round(15 / 60, 4)
+    assert dog["estimated_noise_rate"] == round(6 / 60, 4)
+    assert cat["estimated_noise_rate"] == 0.0

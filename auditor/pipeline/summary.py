@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from cleanlab.count import estimate_joint
+from cleanlab.count import estimate_joint, num_label_issues
 from cleanlab.dataset import overall_label_health_score
 
 from auditor.checks.base import CheckInputs
@@ -27,7 +27,11 @@ def class_noise(
     10-14 percentage points off on average, beside a mislabel count of 15.5%), while the labels
     the check suggests for its flags get the class a wrong label truly belongs to less often (6-7
     of 10 classes against 8-9). Together they were nearest the truth cell by cell on `worse`,
-    `aggre` and `random1` (bench/class_noise.py)."""
+    `aggre` and `random1` (bench/class_noise.py).
+
+    The flags count at most as many labels as cleanlab's plain confident-joint count: under heavy
+    noise the check flags its calibrated count, which finds more wrong labels but overstated the
+    noise on 10,000 CIFAR-10N `worse` images (50.8% for a true 41.0%; the plain count, 40.6%)."""
     n_classes = len(sizes)
     if len(np.unique(labels)) < 2:
         return np.eye(n_classes)
@@ -35,6 +39,9 @@ def class_noise(
     where = joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-12)
     if flagged is None:
         return where
+    plain = num_label_issues(labels, probabilities)
+    if flagged.sum() > plain:
+        flagged = flagged * (plain / flagged.sum())
     rates = flagged / np.maximum(sizes, 1)
     others = where * (1.0 - np.eye(n_classes))
     split = others / np.maximum(others.sum(axis=1, keepdims=True), 1e-12)

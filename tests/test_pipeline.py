@@ -185,6 +185,7 @@ def test_check_says_whether_an_upload_looks_unlike_the_dataset(session_factory, 
         stored_id, stored_path = session.execute(
             select(ImageRow.id, ImageRow.path)
             .where(ImageRow.dataset_id == ingested.dataset_id, ImageRow.path.like("three/%"))
+            .order_by(ImageRow.id)
             .limit(1)
         ).one()
         stored = Image.open(io.BytesIO(original(session, stored_id).data)).convert("RGB")

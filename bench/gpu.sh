@@ -8,18 +8,8 @@
 # bench/embed.py on CUDA, then bench/predict.py variants at 50,000 images. Every step has a time
 # limit inside the SECONDS budget (default 540), and results land in OUTDIR as they come, so a
 # step that runs long costs only its own figures. OUTDIR gets at most eight files.
-set -u
-out=${1:?usage: bench/gpu.sh OUTDIR [SECONDS]}
-budget=${2:-540}
-py=${PYTHON:-python3}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-cores=$(nproc)
-half=$((cores / 2))
-first="0-$((half - 1))"
-second="$half-$((cores - 1))"
-
-left() { local s=$((budget - SECONDS - 5)); echo $((s > 1 ? s : 1)); }
+default_budget=540
+source "$(dirname "$0")/gpu_common.sh"
 step() { # step NAME LIMIT CPUS COMMAND...: run pinned, with a limit, log to OUTDIR/NAME.log
     local name=$1 limit=$2 cpus=$3 start=$SECONDS
     shift 3
@@ -36,8 +26,7 @@ predict() { # predict ARGS...: one bench/predict.py run on the second half, appe
     echo "predict $*: exit $? after $((SECONDS - start)) s" | tee -a "$out/steps.txt"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/steps.txt"
-"$py" -c 'import torch; print("torch", torch.__version__)' >>"$out/steps.txt" 2>&1
+machine_facts >"$out/steps.txt" 2>&1
 
 audit() {
     # Only on success: the committed file of an earlier run would pass for this one.

@@ -9,19 +9,10 @@
 # (bench/predict.py --seed 0 --repeats 2 --cross-fittings 1: one cross-fitting per seed, and
 # their mean scored, which is what `cnn_kfold` now returns by default).
 # OUTDIR gets eight files: steps.txt, tests.log, one log per label column, four .npz.
-set -u
-out=${1:?usage: bench/gpu_predict.sh OUTDIR [SECONDS]}
-budget=${2:-480}
-py=${PYTHON:-python3}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-cores=$(nproc)
-half=$((cores / 2))
-left() { local s=$((budget - SECONDS)); echo $((s > 1 ? s : 1)); }
+default_budget=480
+source "$(dirname "$0")/gpu_common.sh"
 {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    echo "$cores cores"
-    "$py" -c 'import torch; print("torch", torch.__version__)'
+    machine_facts
     "$py" -c 'from bench import cifar; print("images", cifar.load_images().shape)'
 } >"$out/steps.txt" 2>&1
 predict() { # predict COLUMN CPUS: both seeds of one label column, pinned to CPUS
@@ -30,13 +21,13 @@ predict() { # predict COLUMN CPUS: both seeds of one label column, pinned to CPU
         --cross-fittings 1 --save "$out" >"$out/$1.log" 2>&1
     echo "$1: exit $? at $SECONDS s" >>"$out/steps.txt"
 }
-first() {
-    taskset -c "0-$((half - 1))" timeout 100 "$py" -m pytest --noconftest -q -p no:cacheprovider \
+tests_then_worse() {
+    taskset -c "$first" timeout 100 "$py" -m pytest --noconftest -q -p no:cacheprovider \
         tests/test_cuda.py >"$out/tests.log" 2>&1
     echo "tests: exit $? at $SECONDS s" >>"$out/steps.txt"
-    predict worse "0-$((half - 1))"
+    predict worse "$first"
 }
-first &
-predict aggre "$half-$((cores - 1))" &
+tests_then_worse &
+predict aggre "$second" &
 wait
 echo "done at $SECONDS s" >>"$out/steps.txt"

@@ -185,6 +185,18 @@ class FeatureStore:
         self._verify_used(shas, list(layers))
         return self._locate(shas)[0]
 
+    def uncached(
+        self, items: Sequence[tuple[str, str]], layers: Iterable[str]
+    ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """Which (sha256, path) items have vectors, and one item per hash that has none: a file
+        stored under several paths is embedded once."""
+        cached = self.contains([sha for sha, _ in items], layers)
+        first_path: dict[str, str] = {}
+        for (sha, path), hit in zip(items, cached, strict=True):
+            if not hit:
+                first_path.setdefault(sha, path)
+        return cached, list(first_path.items())
+
     def read(
         self, shas: Sequence[str], dims: dict[str, int], dtype: type = np.float32
     ) -> dict[str, np.ndarray]:
@@ -279,13 +291,7 @@ def embed_with_cache(
     if store.identity != backbone.identity:
         raise ValueError("the feature store belongs to a different model than the backbone")
     wanted = list(layers or backbone.layers)
-    shas = [sha for sha, _ in items]
-    cached = store.contains(shas, backbone.layers)
-    first_path: dict[str, str] = {}
-    for (sha, path), hit in zip(items, cached, strict=True):
-        if not hit:
-            first_path.setdefault(sha, path)
-    misses = list(first_path.items())
+    cached, misses = store.uncached(items, backbone.layers)
 
     writer = ShardWriter(store, backbone.layers, shard_rows)
     failed: dict[str, str] = {}

@@ -176,19 +176,14 @@ def embed_with_ray(
     if store.identity != backbone.identity:
         raise ValueError("the feature store belongs to a different model than the backbone spec")
     wanted = list(layers or backbone.layers)
-    shas = [sha for sha, _ in items]
-    cached = store.contains(shas, backbone.layers)
-    first_path: dict[str, str] = {}
-    for (sha, path), hit in zip(items, cached, strict=True):
-        if not hit:
-            first_path.setdefault(sha, path)
+    cached, misses = store.uncached(items, backbone.layers)
 
     failed: dict[str, str] = {}
-    if first_path:
+    if misses:
         with ray_connection(address) as ray:
             failed = run_on_cluster(
                 ray,
-                list(first_path.items()),
+                misses,
                 source,
                 backbone_spec,
                 backbone,
@@ -200,7 +195,7 @@ def embed_with_ray(
                 max_pixels=max_pixels,
             )
 
-    return read_embeddings(store, backbone, items, wanted, failed, len(first_path), cached)
+    return read_embeddings(store, backbone, items, wanted, failed, len(misses), cached)
 
 
 def run_on_cluster(

@@ -109,9 +109,10 @@ class StageLines:
         self.out.print(f"{time.monotonic() - self.start:7.1f} s  {line}", highlight=False)
 
 
-def progress_bar(quiet: bool) -> Progress | StageLines:
-    """A live bar on a terminal, plain lines elsewhere."""
-    if not quiet and not console.is_terminal:
+def progress_bar() -> Progress | StageLines:
+    """A live bar on a terminal, plain lines elsewhere; on stderr either way, so `--json` output
+    on stdout stays one clean object while a log still shows where a long audit is."""
+    if not console.is_terminal:
         return StageLines(console)
     return Progress(
         "[progress.description]{task.description}",
@@ -120,7 +121,6 @@ def progress_bar(quiet: bool) -> Progress | StageLines:
         RateColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=quiet,
         transient=True,
     )
 
@@ -140,10 +140,10 @@ HierarchyOption = Annotated[
 ]
 
 
-def run_ingest(name: str, source: Path, files: SourceFiles, quiet: bool) -> IngestResult:
+def run_ingest(name: str, source: Path, files: SourceFiles) -> IngestResult:
     settings = get_settings()
     factory = session_factory(settings)
-    with progress_bar(quiet) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("decoding", total=None)
 
         def report(done: int, total: int) -> None:
@@ -194,7 +194,7 @@ def dataset_add(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Register a dataset (or refresh it: only new or changed files are decoded)."""
-    result = run_ingest(name, source, SourceFiles(labels, classes, hierarchy), quiet=as_json)
+    result = run_ingest(name, source, SourceFiles(labels, classes, hierarchy))
     if as_json:
         print(
             json.dumps(
@@ -247,9 +247,7 @@ def dataset_deliver(
     output = {"dataset_id": result.dataset_id, "images": result.images, "decoded": result.decoded}
     output["findings"] = result.findings
     if audit:
-        audited = run_audit_here(
-            factory, settings, result.dataset_id, {"backbone": backbone}, as_json
-        )
+        audited = run_audit_here(factory, settings, result.dataset_id, {"backbone": backbone})
         with factory() as session:
             output["report"] = str(write_report(session, audited.id, settings.data_dir))
         output["audit_id"] = audited.id
@@ -267,9 +265,9 @@ def dataset_deliver(
         console.print(f"report: {output['report']}")
 
 
-def run_audit_here(factory, settings: Settings, dataset_id: int, parameters: dict, quiet: bool):
+def run_audit_here(factory, settings: Settings, dataset_id: int, parameters: dict):
     audit_id = create_audit(factory, dataset_id, parameters)
-    with progress_bar(quiet) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("audit", total=1.0)
 
         def report(stage: str, fraction: float) -> None:
@@ -287,13 +285,12 @@ def run_full_audit(
     source: Path,
     files: SourceFiles,
     parameters: dict,
-    quiet: bool,
 ) -> tuple[IngestResult, Audit, Path]:
     """Ingest (incrementally), audit in this process, write the report."""
     settings = get_settings()
-    ingested = run_ingest(name, source, files, quiet)
+    ingested = run_ingest(name, source, files)
     factory = session_factory(settings)
-    audit = run_audit_here(factory, settings, ingested.dataset_id, parameters, quiet)
+    audit = run_audit_here(factory, settings, ingested.dataset_id, parameters)
     with factory() as session:
         report_path = write_report(session, audit.id, settings.data_dir)
     return ingested, audit, report_path
@@ -344,7 +341,6 @@ def run(
         source,
         SourceFiles(labels, classes, hierarchy),
         audit_parameters(backbone, epochs),
-        as_json,
     )
     if as_json:
         print(
@@ -375,7 +371,7 @@ def demo(
     planted = build_demo_dataset(root, per_class=per_class)
     console.print(f"demo dataset written to {root}")
     ingested, audit, report_path = run_full_audit(
-        "demo", root, SourceFiles(), audit_parameters(backbone, epochs), quiet=False
+        "demo", root, SourceFiles(), audit_parameters(backbone, epochs)
     )
     print_audit_summary(audit)
     factory = session_factory(settings)

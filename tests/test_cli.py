@@ -107,6 +107,9 @@ def test_run_json_contract(tmp_path):
     assert payload["images"] == 10 * 10 + 6
     assert payload["findings"]["exact_duplicate"] == 5
     assert payload["findings"]["unreadable"] == 1
+    # The JSON is alone on stdout; progress still reaches stderr, so a log shows the stages.
+    stage_lines = [line.split()[2] for line in done.stderr.splitlines() if " s  " in line]
+    assert {"decoding", "predict", "checks"} <= set(stage_lines)
     report = (tmp_path / payload["report"]).read_text()
     assert "exact_duplicate" in report and "data:image/png;base64," in report
 

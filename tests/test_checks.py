@@ -4,7 +4,7 @@ labels or across splits, an off-topic cluster and a synonym class pair; clean co
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -225,6 +225,27 @@ def test_duplicates_conflicts_and_leaks_are_exactly_the_planted_ones(planted_run
     assert rows_of(by_kind["split_leak"]) == [pairs["leak"]]
     conflict = by_kind["label_conflict"][0]
     assert conflict.evidence["keep"]["path"] in {m["path"] for m in conflict.evidence["members"]}
+
+
+def test_a_tied_label_conflict_suggests_the_label_the_model_supports_and_keeps_its_copy(
+    planted_run,
+):
+    planted, inputs, by_kind, _ = planted_run
+    original, copy = planted.near_copies["conflict"]
+    right = CLASSES[planted.labels[original]]
+    [conflict] = by_kind["label_conflict"]
+    assert conflict.evidence["label_counts"] == {right: 1, CLASSES[planted.labels[copy]]: 1}
+    assert conflict.suggested_label == right
+    assert max(conflict.evidence["model_probability"].items(), key=lambda kv: kv[1])[0] == right
+    # Between equally good copies the path decides which to keep: give the first one to the
+    # copy filed under the wrong label, and the keeper must still be the rightly labelled one.
+    paths = list(inputs.images.paths)
+    paths[original], paths[copy] = paths[copy], paths[original]
+    swapped = replace(inputs, images=replace(inputs.images, paths=paths))
+    [again] = REGISTRY["label_conflict"]().run(swapped)
+    assert again.evidence["keep"]["image_id"] == inputs.image_id(original)
+    [near] = [d for d in REGISTRY["near_duplicate"]().run(swapped) if copy + 1 in d.image_ids]
+    assert near.evidence["keep"]["image_id"] == inputs.image_id(copy)
 
 
 def test_outliers_are_the_off_topic_images(planted_run):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 from auditor.checks.base import Check, CheckInputs, FindingDraft, register
 from auditor.db.models import Severity
 
@@ -97,8 +99,11 @@ def keeper(inputs: CheckInputs, group: list[int], pairs: dict[tuple[int, int], f
     return min(group, key=rank)
 
 
+def keep_evidence(inputs: CheckInputs, row: int) -> dict:
+    return {"image_id": inputs.image_id(row), "path": inputs.path(row)}
+
+
 def group_evidence(inputs: CheckInputs, group: list[int], pairs: dict) -> dict:
-    keep = keeper(inputs, group, pairs)
     return {
         "members": [
             {
@@ -114,7 +119,7 @@ def group_evidence(inputs: CheckInputs, group: list[int], pairs: dict) -> dict:
             {"a": inputs.image_id(a), "b": inputs.image_id(b), "similarity": round(s, 4)}
             for (a, b), s in sorted(pairs.items())
         ][:50],
-        "keep": {"image_id": inputs.image_id(keep), "path": inputs.path(keep)},
+        "keep": keep_evidence(inputs, keeper(inputs, group, pairs)),
     }
 
 
@@ -177,7 +182,8 @@ class LabelConflictCheck(DuplicateGroupCheck):
     kind = "label_conflict"
 
     def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:
-        labels = [inputs.label_name(row) for row in group if inputs.labels[row] >= 0]
+        labelled = [row for row in group if inputs.labels[row] >= 0]
+        labels = [inputs.label_name(row) for row in labelled]
         if len(set(labels)) < 2:
             return None
         counts: dict[str, int] = defaultdict(int)
@@ -185,13 +191,35 @@ class LabelConflictCheck(DuplicateGroupCheck):
             counts[label] += 1
         majority, top = max(counts.items(), key=lambda item: (item[1], item[0]))
         agreement = top / len(labels)
+        evidence: dict = {"label_counts": dict(counts)}
+        suggested = majority if agreement > 0.5 else None
+        model = self.model_support(inputs, labelled)
+        if model:
+            evidence["model_probability"] = model
+            if suggested is None:
+                suggested = max(model, key=model.__getitem__)
+        if suggested is not None:
+            agreeing = [row for row in labelled if inputs.label_name(row) == suggested]
+            evidence["keep"] = keep_evidence(inputs, keeper(inputs, agreeing, pairs))
         return {
             "score": float(1.0 - agreement / 2),
             "severity": Severity.HIGH,
             "given_label": ", ".join(sorted(set(labels))),
-            "suggested_label": majority if agreement > 0.5 else None,
-            "evidence": {"label_counts": dict(counts)},
+            "suggested_label": suggested,
+            "evidence": evidence,
         }
+
+    @staticmethod
+    def model_support(inputs: CheckInputs, labelled: list[int]) -> dict[str, float]:
+        """The out-of-sample probability of each label the copies carry, averaged over the
+        copies (they show one thing, so their mean is steadier than any one of them). It breaks a
+        tie in the labels' vote, where there is no majority to suggest; and the member to keep is
+        then one that carries the suggested label, not a copy filed under a wrong one."""
+        if inputs.probabilities is None:
+            return {}
+        mean = np.asarray(inputs.probabilities)[labelled].mean(axis=0)
+        given = sorted({int(inputs.labels[row]) for row in labelled})
+        return {inputs.class_names[c]: round(float(mean[c]), 4) for c in given}
 
 
 @register

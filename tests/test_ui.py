@@ -272,6 +272,23 @@ def test_duplicate_group_keeps_the_chosen_member(site, page):
     assert comment.startswith("keep: ") and f"(image {unsuggested})" in comment
 
 
+def test_a_group_whose_labels_disagree_shows_the_vote_and_the_suggestion(site, page):
+    with site.seeded.factory() as session, session.begin():
+        finding = session.scalar(select(Finding).where(Finding.kind == "near_duplicate"))
+        finding.evidence = {
+            **finding.evidence,
+            "label_counts": {"one": 1, "seven": 1},
+            "model_probability": {"seven": 0.07, "one": 0.81},
+        }
+        finding.suggested_label = "one"
+    page.goto(f"{site.url}/#/audits/{site.seeded.audit_id}/duplicates?status=")
+    note = page.locator("article.group .group-labels")
+    expect(note).to_have_text(
+        "Labels disagree (one ×1, seven ×1). Suggested label: one. "
+        "The model's probability: one 0.81, seven 0.07."
+    )
+
+
 def test_blocks_cells_and_collapsing(site, page):
     page.goto(f"{site.url}/#/audits/{site.seeded.audit_id}/blocks")
     cells = page.locator("rect.cell")

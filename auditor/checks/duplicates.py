@@ -10,6 +10,7 @@ split leak when it spans train and evaluation splits.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -99,12 +100,62 @@ def keeper(inputs: CheckInputs, group: list[int], pairs: dict[tuple[int, int], f
     return min(group, key=rank)
 
 
-def keep_evidence(inputs: CheckInputs, row: int) -> dict:
-    return {"image_id": inputs.image_id(row), "path": inputs.path(row)}
+@dataclass
+class GroupLabels:
+    """What a group's labels say: how many copies carry each, the model's support for each, and
+    the label to suggest (None when the copies carry none, or tie with no model to break it)."""
+
+    counts: dict[str, int]
+    model: dict[str, float]
+    suggested: str | None
+    agreement: float
+
+
+def model_support(inputs: CheckInputs, labelled: list[int]) -> dict[str, float]:
+    """The out-of-sample probability of each label the copies carry, averaged over the copies:
+    they show one thing, so their mean is steadier than any one of them."""
+    if inputs.probabilities is None or not labelled:
+        return {}
+    mean = np.asarray(inputs.probabilities)[labelled].mean(axis=0)
+    given = sorted({int(inputs.labels[row]) for row in labelled})
+    return {inputs.class_names[c]: round(float(mean[c]), 4) for c in given}
+
+
+def group_labels(inputs: CheckInputs, group: list[int]) -> GroupLabels:
+    """A majority of the copies' labels decides; a tie goes to the label the model supports most
+    (on 15,000 CIFAR-10N `worse` images 43 of 46 conflicting groups tied, mostly two copies with
+    two labels, and the model's choice was the true label in 29)."""
+    labelled = [row for row in group if inputs.labels[row] >= 0]
+    counts: dict[str, int] = defaultdict(int)
+    for row in labelled:
+        counts[inputs.label_name(row)] += 1
+    if not counts:
+        return GroupLabels({}, {}, None, 0.0)
+    majority, top = max(counts.items(), key=lambda item: (item[1], item[0]))
+    agreement = top / len(labelled)
+    model = model_support(inputs, labelled) if len(counts) > 1 else {}
+    suggested = majority if agreement > 0.5 else None
+    if suggested is None and model:
+        suggested = max(model, key=model.__getitem__)
+    return GroupLabels(dict(counts), model, suggested, agreement)
+
+
+def keep_candidates(inputs: CheckInputs, group: list[int], labels: GroupLabels) -> list[int]:
+    """Where the copies' labels differ, only those carrying the suggested label: keeping a copy
+    filed under a wrong label would keep the error."""
+    if len(labels.counts) < 2 or labels.suggested is None:
+        return group
+    return [row for row in group if inputs.label_name(row) == labels.suggested]
 
 
 def group_evidence(inputs: CheckInputs, group: list[int], pairs: dict) -> dict:
+    labels = group_labels(inputs, group)
+    keep = keeper(inputs, keep_candidates(inputs, group, labels), pairs)
+    disagreement = {"label_counts": labels.counts} if len(labels.counts) > 1 else {}
+    if disagreement and labels.model:
+        disagreement["model_probability"] = labels.model
     return {
+        **disagreement,
         "members": [
             {
                 "image_id": inputs.image_id(row),
@@ -119,7 +170,7 @@ def group_evidence(inputs: CheckInputs, group: list[int], pairs: dict) -> dict:
             {"a": inputs.image_id(a), "b": inputs.image_id(b), "similarity": round(s, 4)}
             for (a, b), s in sorted(pairs.items())
         ][:50],
-        "keep": keep_evidence(inputs, keeper(inputs, group, pairs)),
+        "keep": {"image_id": inputs.image_id(keep), "path": inputs.path(keep)},
     }
 
 
@@ -182,44 +233,15 @@ class LabelConflictCheck(DuplicateGroupCheck):
     kind = "label_conflict"
 
     def relevant(self, inputs: CheckInputs, group: list[int], pairs: dict) -> dict | None:
-        labelled = [row for row in group if inputs.labels[row] >= 0]
-        labels = [inputs.label_name(row) for row in labelled]
-        if len(set(labels)) < 2:
+        labels = group_labels(inputs, group)
+        if len(labels.counts) < 2:
             return None
-        counts: dict[str, int] = defaultdict(int)
-        for label in labels:
-            counts[label] += 1
-        majority, top = max(counts.items(), key=lambda item: (item[1], item[0]))
-        agreement = top / len(labels)
-        evidence: dict = {"label_counts": dict(counts)}
-        suggested = majority if agreement > 0.5 else None
-        model = self.model_support(inputs, labelled)
-        if model:
-            evidence["model_probability"] = model
-            if suggested is None:
-                suggested = max(model, key=model.__getitem__)
-        if suggested is not None:
-            agreeing = [row for row in labelled if inputs.label_name(row) == suggested]
-            evidence["keep"] = keep_evidence(inputs, keeper(inputs, agreeing, pairs))
         return {
-            "score": float(1.0 - agreement / 2),
+            "score": float(1.0 - labels.agreement / 2),
             "severity": Severity.HIGH,
-            "given_label": ", ".join(sorted(set(labels))),
-            "suggested_label": suggested,
-            "evidence": evidence,
+            "given_label": ", ".join(sorted(labels.counts)),
+            "suggested_label": labels.suggested,
         }
-
-    @staticmethod
-    def model_support(inputs: CheckInputs, labelled: list[int]) -> dict[str, float]:
-        """The out-of-sample probability of each label the copies carry, averaged over the
-        copies (they show one thing, so their mean is steadier than any one of them). It breaks a
-        tie in the labels' vote, where there is no majority to suggest; and the member to keep is
-        then one that carries the suggested label, not a copy filed under a wrong one."""
-        if inputs.probabilities is None:
-            return {}
-        mean = np.asarray(inputs.probabilities)[labelled].mean(axis=0)
-        given = sorted({int(inputs.labels[row]) for row in labelled})
-        return {inputs.class_names[c]: round(float(mean[c]), 4) for c in given}
 
 
 @register

@@ -24,6 +24,25 @@ function keeper(finding) {
   return (match ?? list[0]).image_id;
 }
 
+// Where the copies carry different labels: the labels' vote, the label suggested and the model's
+// support for each, so the curator sees why the suggested copy is the one to keep.
+function labelNote(finding) {
+  const counts = finding.evidence?.label_counts;
+  if (!counts || Object.keys(counts).length < 2) return null;
+  const vote = Object.entries(counts).map(([label, n]) => `${label} ×${n}`).join(", ");
+  const model = Object.entries(finding.evidence.model_probability ?? {})
+    .sort((a, b) => b[1] - a[1])
+    .map(([label, p]) => `${label} ${p.toFixed(2)}`)
+    .join(", ");
+  return h(
+    "p",
+    { class: "group-labels" },
+    `Labels disagree (${vote}). `,
+    finding.suggested_label ? ["Suggested label: ", h("strong", {}, finding.suggested_label), ". "] : null,
+    model ? `The model's probability: ${model}.` : null,
+  );
+}
+
 function groupCard(initial) {
   let finding = initial;
   let chosen = keeper(initial);
@@ -63,6 +82,7 @@ function groupCard(initial) {
         h("span", { class: "muted" }, `score ${finding.score.toFixed(2)} · #${finding.id}`),
       ),
       message ? h("div", { class: "notice error", role: "alert" }, message) : null,
+      labelNote(finding),
       h("fieldset", { class: "members" }, h("legend", { class: "visually-hidden" }, "Which image to keep"), choices),
       h(
         "div",

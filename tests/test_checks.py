@@ -249,6 +249,27 @@ def test_a_tied_label_conflict_suggests_the_label_the_model_supports_and_keeps_t
     assert near.evidence["keep"]["image_id"] == inputs.image_id(original)
 
 
+def test_byte_identical_copies_keep_one_under_the_majority_label():
+    def table(labels: list[str]) -> ImageTable:
+        n = len(labels)
+        return ImageTable(
+            ids=np.arange(1, n + 1), paths=[f"{i}.png" for i in range(n)], status=["ok"] * n,
+            errors=[None] * n, sha256=["ab" * 32] * n, phash=[None] * n, width=np.full(n, 8),
+            height=np.full(n, 8), stats=[{}] * n, labels=labels, splits=[None] * n,
+        )  # fmt: skip
+
+    def exact(labels: list[str]) -> FindingDraft:
+        inputs = CheckInputs(dataset_id=1, images=table(labels), class_names=["cat", "dog"])
+        [finding] = REGISTRY["exact_duplicate"]().run(inputs)
+        return finding
+
+    majority = exact(["dog", "cat", "cat"])
+    assert majority.evidence["keep"] == "1.png" and majority.suggested_label == "cat"
+    tie = exact(["dog", "cat"])
+    assert tie.evidence["keep"] == "0.png" and tie.suggested_label is None
+    assert tie.evidence["labels_differ"]
+
+
 def test_outliers_are_the_off_topic_images(planted_run):
     planted, _, by_kind, _ = planted_run
     flagged = {row for rows in rows_of(by_kind["outlier"]) for row in rows}

@@ -86,9 +86,22 @@ class ImageQualityCheck(Check):
         return drafts
 
 
+def majority_label(labels: list[str | None]) -> str | None:
+    """The label more than half of the labelled copies carry, if any. Ingest has no model to
+    break a tie, so a tie keeps the first path; the audit's label_conflict finding for the same
+    copies weighs the model's view."""
+    given = [label for label in labels if label]
+    for label in set(given):
+        if 2 * given.count(label) > len(given):
+            return label
+    return None
+
+
 @register
 class ExactDuplicateCheck(Check):
-    """Groups of byte-identical files (same SHA-256); the first path is suggested as the keeper."""
+    """Groups of byte-identical files (same SHA-256). The keeper suggested is the first path
+    among the copies carrying the majority label (the first path when there is none), so a copy
+    filed under a minority label is not the one kept."""
 
     kind = "exact_duplicate"
     stage = "ingest"
@@ -106,6 +119,8 @@ class ExactDuplicateCheck(Check):
             members.sort(key=lambda i: images.paths[i])
             labels = sorted({images.labels[i] or "" for i in members})
             splits = sorted({images.splits[i] or "" for i in members})
+            majority = majority_label([images.labels[i] for i in members])
+            keep = next(i for i in members if majority in (None, images.labels[i]))
             drafts.append(
                 FindingDraft(
                     kind=self.kind,
@@ -113,13 +128,14 @@ class ExactDuplicateCheck(Check):
                     image_ids=[int(images.ids[i]) for i in members],
                     score=1.0,
                     severity=Severity.HIGH if len(labels) > 1 else Severity.LOW,
-                    given_label=images.labels[members[0]],
+                    given_label=images.labels[keep],
+                    suggested_label=majority if len(labels) > 1 else None,
                     evidence={
                         "sha256": digest,
                         "paths": [images.paths[i] for i in members],
                         "labels": [images.labels[i] for i in members],
                         "splits": splits,
-                        "keep": images.paths[members[0]],
+                        "keep": images.paths[keep],
                         "labels_differ": len(labels) > 1,
                     },
                 )

@@ -13,7 +13,7 @@ the FeatureStore as shards while results stream in: the store need not be reacha
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from auditor.embed.extract import (
     ImageItems,
     resolve_device,
 )
+from auditor.embed.heap import retained_heap
 from auditor.ingest.sources import Source
 
 LAYER_PREFIX = "layer_"
@@ -97,6 +98,9 @@ class EmbeddingActor:
 
     def __init__(self, spec: BackboneSpec, identity: ModelIdentity) -> None:
         self.backbone = spec.build(resolve_device("auto"))
+        # The actor's process does nothing but forward passes, so it keeps their buffers for life.
+        self._process_resources = ExitStack()
+        self._process_resources.enter_context(retained_heap())
         if self.backbone.identity != identity:
             raise RuntimeError(
                 f"this node builds {self.backbone.identity.key} from {spec}, but the feature "

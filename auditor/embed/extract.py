@@ -31,6 +31,7 @@ from rich.text import Text
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from auditor.embed.backbones import Backbone, Preprocess
+from auditor.embed.heap import retained_heap
 from auditor.ingest.decode import UnreadableImage
 from auditor.ingest.sources import Source
 
@@ -229,11 +230,12 @@ def iter_embedded(
     """Yield (item positions, {layer: float32 rows}, failures) batch by batch.
 
     A generator so the cache can write shards as it goes and a crash loses one shard, not a run.
+    The heap keeps the forward's freed buffers for the next batch (`retained_heap`).
     """
     workers = default_workers(backbone.device) if num_workers is None else num_workers
     loader = make_loader(items, source, backbone, batch_size, workers, max_pixels)
     cpu_threads = threads or default_threads(workers)
-    with torch_threads(cpu_threads), progress_bar(progress) as bar:
+    with torch_threads(cpu_threads), retained_heap(), progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(items))
         for batch in loader:
             features: dict[str, np.ndarray] = {}

@@ -28,7 +28,7 @@ import torch
 
 from auditor.embed.backbones import build_backbone
 from auditor.embed.extract import torch_threads
-from auditor.embed.heap import retained_heap, supported
+from auditor.heap import retained_heap, supported
 
 RESULTS = Path(__file__).resolve().parent / "results" / "heap.md"
 PAGE = os.sysconf("SC_PAGE_SIZE")

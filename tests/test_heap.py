@@ -13,18 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.datasets import load_digits
 
-from auditor.embed import heap
+from auditor import heap
 from auditor.embed.backbones import build_backbone
 from auditor.embed.extract import extract_features
 from auditor.ingest.sources import open_source
+from auditor.predict import LAYER_TAPS, TrainConfig
+from auditor.predict.cnn import layer_features, predict_probabilities, train_cnn
 
 pytestmark = pytest.mark.skipif(not heap.supported(), reason="glibc only")
 
 OBSERVE = """
 import ctypes, json
 import numpy as np
-from auditor.embed.heap import retained_heap
+from auditor.heap import retained_heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -87,4 +90,25 @@ def test_the_embedding_loop_runs_every_forward_in_the_retained_heap(tmp_path: Pa
     )
     assert not extraction.failures
     assert retained_at_each_forward == [True, True, True]
+    assert not heap.is_retained()
+
+
+def test_held_out_inference_runs_in_the_retained_heap():
+    digits = load_digits()
+    images = np.repeat((digits.images[:120] * 16).astype(np.uint8)[..., None], 3, axis=3)
+    retained_per_forward = []
+    trained = train_cnn(
+        images,
+        digits.target[:120].astype(np.int64),
+        10,
+        config=TrainConfig(epochs=1, width=16, batch_size=64),
+        on_epoch=lambda _share: None,
+    )
+    trained.model.register_forward_pre_hook(
+        lambda _module, _inputs: retained_per_forward.append(heap.is_retained())
+    )
+    probabilities = predict_probabilities(trained, images)
+    features = layer_features(trained, images)
+    assert probabilities.shape == (120, 10) and set(features) == set(LAYER_TAPS)
+    assert len(retained_per_forward) >= 2 and all(retained_per_forward)  # both passes
     assert not heap.is_retained()

@@ -36,7 +36,7 @@ from auditor.embed.extract import (
     ImageItems,
     resolve_device,
 )
-from auditor.embed.heap import retained_heap
+from auditor.heap import retained_heap
 from auditor.ingest.sources import Source
 
 LAYER_PREFIX = "layer_"

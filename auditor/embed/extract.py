@@ -31,7 +31,7 @@ from rich.text import Text
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from auditor.embed.backbones import Backbone, Preprocess
-from auditor.embed.heap import retained_heap
+from auditor.heap import retained_heap
 from auditor.ingest.decode import UnreadableImage
 from auditor.ingest.sources import Source
 

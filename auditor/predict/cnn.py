@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from auditor.embed.compact import CompactResNet
+from auditor.heap import retained_heap
 
 LAYER_TAPS = ("stem", "stage1", "stage2", "stage3", "pool")
 
@@ -231,7 +232,7 @@ def _batches(
 
 def predict_probabilities(trained: TrainedCNN, images: np.ndarray) -> np.ndarray:
     trained.model.eval()
-    with torch.inference_mode(), _autocast(trained.device):
+    with torch.inference_mode(), _autocast(trained.device), retained_heap():
         parts = [torch.softmax(trained.model(x).float(), 1) for x in _batches(trained, images)]
     return torch.cat(parts).double().cpu().numpy()
 
@@ -252,7 +253,7 @@ def layer_features(trained: TrainedCNN, images: np.ndarray) -> dict[str, np.ndar
 
     handles = [getattr(model, name).register_forward_hook(hook(name)) for name in LAYER_TAPS]
     try:
-        with torch.inference_mode(), _autocast(trained.device):
+        with torch.inference_mode(), _autocast(trained.device), retained_heap():
             for x in _batches(trained, images):
                 model(x)
     finally:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from auditor.heap import retained_heap
+
 
 def _normalise_patches(patches: torch.Tensor) -> torch.Tensor:
     """Per-patch brightness and contrast normalisation (rows are patches)."""
@@ -97,7 +99,7 @@ class PatchKMeans:
         transposed = self.centroids.T.contiguous()
         top, left = gh // 2, gw // 2
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), retained_heap():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device)
                 x = batch.permute(0, 3, 1, 2).float()

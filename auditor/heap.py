@@ -1,4 +1,4 @@
-"""Keep freed memory in the process heap while a CPU forward loop runs (glibc only).
+"""Keep freed memory in the process heap while a forward loop runs (glibc only).
 
 A forward pass allocates and frees the same activation buffers for every batch. glibc serves
 each buffer above its mmap threshold with a fresh mapping and unmaps it when freed, and trims
@@ -9,11 +9,13 @@ at 32 and 1.6 times at 224 on two cores (bench/results/heap.md), holding the loo
 0.5 GiB more for resnet18 at 224) until it ends. This is what PyTorch's CPU tuning guide gets by
 preloading jemalloc or tcmalloc, done with glibc's own `mallopt`, so nothing has to be installed.
 
-Only forward loops use it: training allocates differently and ran no faster, and a service that
-kept its peak heap for life would hold memory it no longer needs. On leaving, the heap is
-trimmed and mmap comes back. glibc's adaptive threshold cannot be switched back on once `mallopt`
-was called, so it is fixed where that adaptation ends up (32 MiB); a training run after it took
-the same time as in a fresh process.
+Forward loops use it: embedding, and the predict stage's inference (patch encoding, held-out
+probabilities, layer features), whose patch encoding showed the same faults in some runs.
+Training allocates differently and ran no faster, and a service that kept its peak heap for
+life would hold memory it no longer needs. On leaving, the heap is trimmed and mmap comes back.
+glibc's adaptive threshold cannot be switched back on once `mallopt` was called, so it is fixed
+where that adaptation ends up (32 MiB); training with that setting took the same time as with
+glibc's defaults.
 """
 
 from __future__ import annotations

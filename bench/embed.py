@@ -32,7 +32,7 @@ from PIL import Image
 
 from auditor.embed.backbones import Backbone, Preprocess, build_backbone
 from auditor.embed.cache import FeatureStore, embed_with_cache
-from auditor.embed.extract import torch_threads
+from auditor.embed.extract import DEFAULT_MAX_PIXELS, ImageItems, collate_loaded, torch_threads
 from auditor.heap import retained_heap
 from auditor.ingest.decode import decode_rgb
 from auditor.ingest.sources import Source, open_source
@@ -66,6 +66,7 @@ class Row:
     end_to_end: float
     ratio: float
     ratio_quartiles: tuple[float, float]
+    loader_us: float  # the loader alone, one thread, microseconds per image
 
 
 def write_jpegs(root: Path, count: int, side: int = 32) -> None:
@@ -113,6 +114,19 @@ def model_only_rate(backbone: Backbone, batches: list[torch.Tensor], threads: in
     return sum(len(b) for b in batches) / elapsed
 
 
+def loader_microseconds(case: Case, backbone: Backbone, batch_size: int) -> float:
+    """The loader's own cost per image (read, hash check, decode, batch), on one thread with
+    nothing beside it. Loading shares the cores with the forward on the CPU, so this against the
+    model-only time per image says what ratio a machine allows before any overlap: with the
+    loader inline, forward / (forward + loader)."""
+    dataset = ImageItems(case.items, case.source, backbone.preprocess, DEFAULT_MAX_PIXELS)
+    start = time.perf_counter()
+    for first in range(0, len(dataset), batch_size):
+        last = min(first + batch_size, len(dataset))
+        collate_loaded([dataset[index] for index in range(first, last)])
+    return (time.perf_counter() - start) / len(dataset) * 1e6
+
+
 def end_to_end_rate(
     case: Case, backbone: Backbone, batch_size: int, workers: int, threads: int
 ) -> float:
@@ -151,8 +165,9 @@ def run_case(case: Case, batch_size: int, repeats: int, device: torch.device) ->
     # per real run) falls in the warm-up, with oneDNN's choice of kernels.
     with retained_heap():
         for workers, threads in LOADER_CONFIGS[device.type]:
-            models, ends, ratios = [], [], []
+            models, ends, ratios, loaders = [], [], [], []
             for _ in range(repeats):
+                loaders.append(loader_microseconds(case, backbone, batch_size))
                 before = model_only_rate(backbone, batches, model_threads)
                 ends.append(end_to_end_rate(case, backbone, batch_size, workers, threads))
                 after = model_only_rate(backbone, batches, model_threads)
@@ -168,6 +183,7 @@ def run_case(case: Case, batch_size: int, repeats: int, device: torch.device) ->
                     float(np.median(ends)),
                     float(np.median(ratios)),
                     (float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))),
+                    float(np.median(loaders)),
                 )
             )
             print(format_row(rows[-1]), flush=True)
@@ -178,7 +194,8 @@ def format_row(row: Row) -> str:
     return (
         f"| {row.case} | {row.images} | {row.workers} | {row.threads} | {row.model_only:,.0f} "
         f"| {row.end_to_end:,.0f} | {row.ratio:.2f} "
-        f"| {row.ratio_quartiles[0]:.2f}-{row.ratio_quartiles[1]:.2f} |"
+        f"| {row.ratio_quartiles[0]:.2f}-{row.ratio_quartiles[1]:.2f} "
+        f"| {1e6 / row.model_only:,.0f} | {row.loader_us:,.1f} |"
     )
 
 
@@ -198,7 +215,8 @@ def markdown(rows: list[Row], command: str, batch_size: int, device: torch.devic
             best[row.case] = row
     header = (
         "| case | images | workers | torch threads | model-only img/s | end-to-end img/s "
-        "| ratio | middle half of the ratios |\n|---|---|---|---|---|---|---|---|"
+        "| ratio | middle half of the ratios | forward us/img | loader alone us/img |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [
         "# Embedding throughput",
@@ -215,6 +233,13 @@ def markdown(rows: list[Row], command: str, batch_size: int, device: torch.devic
         "and the middle half spans the 25th to 75th percentile of those ratios. Both run in one "
         "retained heap per case (auditor/heap.py), as the embedding loop does; the heap "
         "grows in the warm-up, as it does once in a real run.",
+        "",
+        "Forward us/img is the model-only time per image; loader alone is the loader's own time "
+        "per image (read, hash check, decode, batch) on one thread with nothing beside it, timed "
+        "before each sandwich. On the CPU the forward already keeps every core busy, so the "
+        "loader's time can hardly hide behind it: run inline, the ratio would be forward / "
+        "(forward + loader), and on a machine whose forward is faster the same loader costs a "
+        "larger share.",
         "",
         "Ratios above 1 are an artefact of a shared machine, not a real speed-up: with other jobs "
         "runnable, a 2-thread forward waits at every thread barrier for a descheduled thread, and "

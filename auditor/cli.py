@@ -1,11 +1,16 @@
-"""The `auditor` command line (DESIGN §5): typer for arguments, rich for progress and tables."""
+"""The `auditor` command line (DESIGN §5): typer for arguments, rich for progress and tables.
+
+Commands import the pipeline (torch, cleanlab, scikit-learn) only when they run it, so `auditor
+--help` answers at once, and so does every decoding worker process: multiprocessing's spawn
+re-imports the main script, and through it this module, in each one.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -26,13 +31,12 @@ from auditor.db import migrate
 from auditor.db.models import Audit, Dataset, Schedule
 from auditor.db.queries import found_paths_by_kind
 from auditor.db.session import make_engine, make_session_factory
-from auditor.demo import PlantedProblems, build_demo_dataset
-from auditor.ingest.ingest import IngestResult, ingest
 from auditor.ingest.sources import Delivery, SourceError
-from auditor.pipeline.audit import create_audit, run_audit
 from auditor.pipeline.scheduler import ScheduleError, remove_schedule, set_schedule
-from auditor.pipeline.worker import Worker
-from auditor.report import write_report
+
+if TYPE_CHECKING:
+    from auditor.demo import PlantedProblems
+    from auditor.ingest.ingest import IngestResult
 
 app = typer.Typer(help="Audit image-classification datasets for label errors and duplicates.")
 db_app = typer.Typer(help="Database schema.")
@@ -141,6 +145,8 @@ HierarchyOption = Annotated[
 
 
 def run_ingest(name: str, source: Path, files: SourceFiles) -> IngestResult:
+    from auditor.ingest.ingest import ingest
+
     settings = get_settings()
     factory = session_factory(settings)
     with progress_bar() as progress:
@@ -232,6 +238,9 @@ def dataset_deliver(
 ) -> None:
     """Ingest a vendor's delivery into dataset NAME: new images (paths under the dataset's source)
     and/or new labels for registered ones. Only the images it names are decoded."""
+    from auditor.ingest.ingest import ingest
+    from auditor.report import write_report
+
     settings = get_settings()
     factory = session_factory(settings)
     with factory() as session:
@@ -266,6 +275,8 @@ def dataset_deliver(
 
 
 def run_audit_here(factory, settings: Settings, dataset_id: int, parameters: dict):
+    from auditor.pipeline.audit import create_audit, run_audit
+
     audit_id = create_audit(factory, dataset_id, parameters)
     with progress_bar() as progress:
         task = progress.add_task("audit", total=1.0)
@@ -287,6 +298,8 @@ def run_full_audit(
     parameters: dict,
 ) -> tuple[IngestResult, Audit, Path]:
     """Ingest (incrementally), audit in this process, write the report."""
+    from auditor.report import write_report
+
     settings = get_settings()
     ingested = run_ingest(name, source, files)
     factory = session_factory(settings)
@@ -366,6 +379,8 @@ def demo(
     epochs: EpochsOption = None,
 ) -> None:
     """Build the demo dataset (digits with planted problems), audit it, compare with the truth."""
+    from auditor.demo import build_demo_dataset
+
     settings = get_settings()
     root = settings.data_dir / "demo" / "digits"
     planted = build_demo_dataset(root, per_class=per_class)
@@ -419,6 +434,8 @@ def worker(
 ) -> None:
     """Claim queued audits from the database and run them until stopped (SIGTERM finishes the
     current batch and hands the audit back)."""
+    from auditor.pipeline.worker import Worker
+
     settings = get_settings()
     factory = session_factory(settings)
     runner = Worker(factory, settings, worker_id)

@@ -168,7 +168,9 @@ class Preprocess:
     def from_bytes(self, data: bytes, max_pixels: int) -> torch.Tensor:
         """What `decode_rgb` and this preprocessing give, by the fast path where it applies."""
         pixels = decode_plain_jpeg(data, self.resolution, smaller=self.upscale_on_device)
-        return pixels if pixels is not None else self(decode_rgb(data, max_pixels))
+        if pixels is None:
+            return self(decode_rgb(data, max_pixels))
+        return torch.from_numpy(pixels)
 
 
 class Backbone:

@@ -9,12 +9,15 @@ whose header shows nothing that the general path treats specially take it: no EX
 (orientation), 8-bit greyscale or YCbCr, square and exactly the target size (no resize, no bomb),
 or no larger than it where the caller resizes on the GPU. Anything else returns None and goes
 through `decode_rgb`.
+
+Arrays, not tensors: worker processes that decode import this module, and without torch they
+start in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import simplejpeg
-import torch
 
 # Start-of-frame markers carry the image size; C4 (Huffman tables), C8 and CC are not frames.
 _START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -55,7 +58,7 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_plain_jpeg(data: bytes, side: int, *, smaller: bool = False) -> torch.Tensor | None:
+def decode_plain_jpeg(data: bytes, side: int, *, smaller: bool = False) -> np.ndarray | None:
     """uint8 HWC RGB pixels of a plain side x side JPEG (any square up to side x side with
     `smaller`), or None to use the general path."""
     size = plain_jpeg_size(data)
@@ -69,4 +72,4 @@ def decode_plain_jpeg(data: bytes, side: int, *, smaller: bool = False) -> torch
         return None  # the general path reports what is wrong with the file
     if pixels.shape != (side, side, 3):
         return None
-    return torch.from_numpy(pixels)
+    return pixels

@@ -1,7 +1,7 @@
 """Small fixed-size pixel arrays for training the compact CNN on the dataset itself.
 
 At 32x32 a 50,000-image dataset is 150 MB of uint8, so it is decoded once into memory rather than
-streamed; decoding runs in worker processes.
+streamed; decoding runs in worker processes (`auditor.embed.small_images`).
 """
 
 from __future__ import annotations
@@ -10,36 +10,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from auditor.embed.backbones import ModelIdentity
 from auditor.embed.cache import DEFAULT_SHARD_ROWS, FeatureStore
-from auditor.embed.fast_jpeg import decode_plain_jpeg
-from auditor.ingest.decode import UnreadableImage, decode_rgb
+from auditor.embed.small_images import decode_small_images
 from auditor.ingest.sources import Source
 from auditor.parallel import map_chunks
 
 PIXELS = "pixels"
-
-
-def pixels_chunk(paths: Sequence[str], source: Source, side: int, max_pixels: int) -> list:
-    """Each image as (side, side, 3) uint8, or None when it cannot be read any more."""
-    arrays = []
-    for path in paths:
-        try:
-            data = source.read_bytes(path)
-            fast = decode_plain_jpeg(data, side)
-            if fast is not None:
-                arrays.append(fast.numpy())
-                continue
-            image = decode_rgb(data, max_pixels)
-        except (UnreadableImage, OSError):
-            arrays.append(None)
-            continue
-        if image.size != (side, side):
-            image = image.resize((side, side), Image.BILINEAR)
-        arrays.append(np.asarray(image, dtype=np.uint8))
-    return arrays
 
 
 def load_pixels(
@@ -55,7 +33,7 @@ def load_pixels(
     pixels = np.zeros((len(paths), side, side, 3), dtype=np.uint8)
     ok = np.ones(len(paths), dtype=bool)
     results = map_chunks(
-        pixels_chunk, list(paths), workers, source, side, max_pixels, progress=progress
+        decode_small_images, list(paths), workers, source, side, max_pixels, progress=progress
     )
     for index, array in enumerate(results):
         if array is None:

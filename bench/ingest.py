@@ -15,6 +15,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -22,8 +23,10 @@ from PIL import Image
 from auditor.config import Settings
 from auditor.db import migrate
 from auditor.db.session import make_engine, make_session_factory
-from auditor.ingest.ingest import IngestResult, ingest
 from bench.report import write_results
+
+if TYPE_CHECKING:
+    from auditor.ingest.ingest import IngestResult
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10n"
 
@@ -50,6 +53,11 @@ def generate_folder(root: Path, count: int, side: int = 64) -> None:
 def timed_ingest(
     workdir: Path, name: str, source: Path, workers: int, **kwargs
 ) -> tuple[float, IngestResult]:
+    # Imported here, not at the top: spawn re-imports this script in every decoding worker, as it
+    # re-imports the `auditor` console script, whose module imports no pipeline; the checks'
+    # cleanlab and scikit-learn at module level would start each worker seconds slower.
+    from auditor.ingest.ingest import ingest
+
     url = f"sqlite:///{workdir / f'{name}-{workers}.db'}"
     migrate.upgrade(url)
     factory = make_session_factory(make_engine(url))

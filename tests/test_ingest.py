@@ -13,6 +13,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
+import auditor.parallel
 from auditor.config import Settings
 from auditor.db.models import Class, Dataset, Finding, FindingImage, Image, Label
 from auditor.ingest.decode import decode_entry
@@ -25,7 +26,6 @@ from auditor.ingest.sources import (
     open_source,
 )
 from auditor.ingest.status import ImageStatus
-from auditor.parallel import MIN_PARALLEL_ITEMS
 from tests.corpus import EXPECTED, encode, noise_image, write_hostile_corpus
 
 SETTINGS = Settings(workers=1)
@@ -326,10 +326,13 @@ def test_given_hierarchy_is_validated_before_anything_is_written(session_factory
     assert {child["name"] for child in tree["children"]} == {"animal", "vehicle"}
 
 
-def test_large_folders_decode_in_worker_processes_in_order(session_factory, tmp_path):
+def test_worker_processes_decode_in_order(session_factory, tmp_path, monkeypatch):
+    # Processes however cheap the work: these tiny images would otherwise decode inline.
+    monkeypatch.setattr(auditor.parallel, "WORKER_START_SECONDS", 0.0)
+    count = 400
     root = tmp_path / "many"
     (root / "dots").mkdir(parents=True)
-    for i in range(MIN_PARALLEL_ITEMS):
+    for i in range(count):
         PILImage.new("RGB", (9, 9), (i % 256, (i // 256) * 40, 7)).save(
             root / "dots" / f"{i:04d}.png"
         )
@@ -341,11 +344,11 @@ def test_large_folders_decode_in_worker_processes_in_order(session_factory, tmp_
         Settings(workers=2),
         progress=lambda done, _: seen.append(done),
     )
-    assert result.decoded == MIN_PARALLEL_ITEMS and seen[-1] == MIN_PARALLEL_ITEMS
+    assert result.decoded == count and seen[-1] == count
     assert seen == sorted(seen) and len(seen) > 1
     with session_factory() as session:
         images = session.scalars(select(Image).where(Image.dataset_id == result.dataset_id)).all()
-    assert len({image.sha256 for image in images}) == MIN_PARALLEL_ITEMS
+    assert len({image.sha256 for image in images}) == count
     assert all(image.width == 9 and image.status == "ok" for image in images)
 
 

@@ -114,7 +114,7 @@ def main() -> None:
     ]
     for key in results["this tree"][0]:
         medians = [float(np.median([r[key] for r in results[name]])) for name in trees]
-        ratio = f" {medians[0] / medians[1]:.2f} |" if args.baseline else ""
+        ratio = f" {medians[0] / medians[1]:.3f} |" if args.baseline else ""
         lines.append(f"| {key} | " + " | ".join(f"{m:.2f}" for m in medians) + " |" + ratio)
     report = "\n".join(lines) + "\n"
     if args.out:

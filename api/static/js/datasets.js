@@ -30,7 +30,7 @@ function auditCells(audit) {
     ),
     h(
       "td",
-      {},
+      { class: "progress-cell" },
       h("progress", { max: 100, value: progress, "aria-label": `Audit ${audit.id} progress` }),
       ` ${progress} %`,
     ),

@@ -23,17 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from cleanlab.filter import find_label_issues
-from sklearn.metrics import roc_auc_score
 
 from auditor.config import Settings
 from auditor.db import migrate
 from auditor.db.session import make_engine, make_session_factory
-from auditor.embed.extract import resolve_device
-from auditor.ingest.ingest import ingest
 from auditor.pipeline.artifacts import AuditArtifacts
-from auditor.pipeline.audit import create_audit, run_audit
 from bench import cifar
 from bench.report import flagged_paths, image_paths, write_results
 
@@ -44,7 +38,17 @@ def peak_rss_gib() -> float:
     return max(own, children) / 1024**2
 
 
+# torch, cleanlab, scikit-learn and the pipeline are imported inside the functions that use them:
+# spawn re-imports this script in every decoding worker, as it re-imports the `auditor` console
+# script, whose module imports none of them; here at the top they would start each worker seconds
+# slower than in a real run.
+
+
 def machine_line(settings: Settings) -> str:
+    import torch
+
+    from auditor.embed.extract import resolve_device
+
     cores = f"{os.cpu_count()} cores"
     device = resolve_device(settings.device)
     if device.type == "cuda":
@@ -57,6 +61,9 @@ def cleanlab_on_audit_probabilities(
 ) -> str:
     """cleanlab's `find_label_issues` on the probabilities the audit's predict stage stored: the
     default strategy's figures for #3 at this size, and the baseline for the audit's own check."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.metrics import roc_auc_score
+
     artifacts = AuditArtifacts(data_dir, audit_id)
     frozen, predicted = artifacts.load_arrays("ingest"), artifacts.load_arrays("predict")
     with factory() as session:
@@ -92,6 +99,9 @@ def work_folder(keep: Path | None) -> contextlib.AbstractContextManager[str]:
 
 
 def main() -> None:
+    from auditor.ingest.ingest import ingest
+    from auditor.pipeline.audit import create_audit, run_audit
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--labels", default="worse")
     parser.add_argument("--n", type=int, default=50000)
